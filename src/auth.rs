@@ -1,0 +1,413 @@
+//! Tokens: where they are read from, how they are validated, and the
+//! extractors that protect a handler by its signature.
+//!
+//! A handler that takes [`Identity`] only runs for a valid token; one that
+//! takes [`Admin`] only for a token with the `admin` role.
+
+use std::future::{ready, Ready};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::http::{header, Method};
+use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use actix_web_httpauth::headers::authorization::{Authorization, Bearer};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{JwtAlgorithm, JwtConfig};
+use crate::domain::{ChannelPattern, UserId};
+use crate::error::ApiError;
+
+/// The role that may publish and read stats.
+pub const ADMIN_ROLE: &str = "admin";
+
+/// Where a request's token was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    Header,
+    Cookie,
+    Query,
+}
+
+/// The claims Herald reads. Unknown claims are ignored.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
+}
+
+/// Who a valid token speaks for.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub user: UserId,
+    pub admin: bool,
+    /// From the `channels` claim; empty means no named channels.
+    pub channel_patterns: Vec<ChannelPattern>,
+    /// The token's `exp`, in seconds since the Unix epoch.
+    pub expires_at: u64,
+    pub source: TokenSource,
+}
+
+/// An [`Identity`] whose token carries the `admin` role.
+#[derive(Clone, Debug)]
+pub struct Admin(pub Identity);
+
+/// Validates tokens with the one configured algorithm and key.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+    /// Key and header used by `herald token` and the demo login.
+    signer: Option<(EncodingKey, Header)>,
+}
+
+impl Verifier {
+    /// Builds the verifier. `generated_secret` is used when no secret is
+    /// configured (development mode).
+    pub fn new(config: &JwtConfig, generated_secret: Option<&str>) -> Result<Self, String> {
+        let (algorithm, key, signer) = match config.algorithm {
+            JwtAlgorithm::Hs256 => {
+                let secret = config
+                    .secret
+                    .as_deref()
+                    .or(generated_secret)
+                    .ok_or("JWT_SECRET is not set")?;
+                (
+                    Algorithm::HS256,
+                    DecodingKey::from_secret(secret.as_bytes()),
+                    Some(EncodingKey::from_secret(secret.as_bytes())),
+                )
+            }
+            JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
+                let rsa = config.algorithm == JwtAlgorithm::Rs256;
+                let path = config
+                    .public_key_file
+                    .as_ref()
+                    .ok_or("JWT_PUBLIC_KEY_FILE is required for RS256 and ES256")?;
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))?;
+                let key = if rsa {
+                    DecodingKey::from_rsa_pem(&pem)
+                } else {
+                    DecodingKey::from_ec_pem(&pem)
+                }
+                .map_err(|e| {
+                    format!(
+                        "JWT_PUBLIC_KEY_FILE {}: not a usable public key: {e}",
+                        path.display()
+                    )
+                })?;
+                let signer = match &config.private_key_file {
+                    Some(path) => {
+                        let pem = std::fs::read(path)
+                            .map_err(|e| format!("JWT_PRIVATE_KEY_FILE {}: {e}", path.display()))?;
+                        let key = if rsa {
+                            EncodingKey::from_rsa_pem(&pem)
+                        } else {
+                            EncodingKey::from_ec_pem(&pem)
+                        }
+                        .map_err(|e| {
+                            format!(
+                                "JWT_PRIVATE_KEY_FILE {}: not a usable private key: {e}",
+                                path.display()
+                            )
+                        })?;
+                        Some(key)
+                    }
+                    None => None,
+                };
+                (
+                    if rsa {
+                        Algorithm::RS256
+                    } else {
+                        Algorithm::ES256
+                    },
+                    key,
+                    signer,
+                )
+            }
+        };
+
+        // Written out rather than trusting the library's defaults: one
+        // algorithm, `exp` and `sub` required, `nbf` checked, and `aud`/`iss`
+        // required exactly when they are configured.
+        let mut validation = Validation::new(algorithm);
+        validation.algorithms = vec![algorithm];
+        validation.leeway = config.leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        match &config.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &config.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+
+        Ok(Self {
+            key,
+            validation,
+            signer: signer.map(|key| (key, Header::new(algorithm))),
+        })
+    }
+
+    /// Validates a token and reads who it speaks for.
+    pub fn verify(&self, token: &str, source: TokenSource) -> Result<Identity, ApiError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => ApiError::TokenExpired,
+                ErrorKind::ImmatureSignature => {
+                    ApiError::InvalidToken("it is not valid yet (nbf)".into())
+                }
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    ApiError::InvalidToken(format!("the `{claim}` claim is required"))
+                }
+                ErrorKind::InvalidAudience => ApiError::InvalidToken("wrong audience (aud)".into()),
+                ErrorKind::InvalidIssuer => ApiError::InvalidToken("wrong issuer (iss)".into()),
+                ErrorKind::InvalidSignature => ApiError::InvalidToken("bad signature".into()),
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    ApiError::InvalidToken("wrong signing algorithm".into())
+                }
+                ErrorKind::Json(_) => ApiError::InvalidToken("a claim has the wrong type".into()),
+                _ => ApiError::InvalidToken("malformed token".into()),
+            },
+        )?;
+        let claims = data.claims;
+        let user =
+            UserId::parse(&claims.sub).map_err(|e| ApiError::InvalidToken(format!("sub: {e}")))?;
+        let channel_patterns = claims
+            .channels
+            .unwrap_or_default()
+            .iter()
+            .map(|raw| ChannelPattern::parse(raw))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::InvalidToken(format!("channels claim: {e}")))?;
+        Ok(Identity {
+            user,
+            admin: claims.roles.iter().any(|role| role == ADMIN_ROLE),
+            channel_patterns,
+            expires_at: claims.exp.max(0.0) as u64,
+            source,
+        })
+    }
+
+    /// Signs a token for `sub`, valid for `ttl_secs`.
+    pub fn mint(
+        &self,
+        sub: &str,
+        admin: bool,
+        channels: &[String],
+        ttl_secs: u64,
+        audience: Option<&str>,
+        issuer: Option<&str>,
+    ) -> Result<String, String> {
+        let (key, header) = self
+            .signer
+            .as_ref()
+            .ok_or("no signing key: set JWT_PRIVATE_KEY_FILE to mint RS256/ES256 tokens")?;
+        UserId::parse(sub)?;
+        for pattern in channels {
+            ChannelPattern::parse(pattern)?;
+        }
+        let now = unix_now();
+        let claims = Claims {
+            sub: sub.to_owned(),
+            exp: (now + ttl_secs) as f64,
+            nbf: None,
+            iat: Some(now),
+            aud: audience.map(|aud| serde_json::Value::String(aud.to_owned())),
+            iss: issuer.map(str::to_owned),
+            roles: if admin {
+                vec![ADMIN_ROLE.to_owned()]
+            } else {
+                Vec::new()
+            },
+            channels: (!channels.is_empty()).then(|| channels.to_vec()),
+        };
+        jsonwebtoken::encode(header, &claims, key).map_err(|e| e.to_string())
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What the extractors need, registered once as app data.
+pub struct Auth {
+    pub verifier: Verifier,
+    pub cookie_name: String,
+    /// Origins besides the server's own that may use cookie auth on writes.
+    pub allowed_origins: Vec<String>,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+}
+
+/// Finds the token: `Authorization: Bearer`, then the cookie, then `?token=`.
+pub fn find_token(req: &HttpRequest, cookie_name: &str) -> Option<(String, TokenSource)> {
+    if let Ok(auth) = <Authorization<Bearer> as actix_web::http::header::Header>::parse(req) {
+        return Some((auth.as_ref().token().to_string(), TokenSource::Header));
+    }
+    if let Some(cookie) = req.cookie(cookie_name) {
+        if !cookie.value().is_empty() {
+            return Some((cookie.value().to_owned(), TokenSource::Cookie));
+        }
+    }
+    let query = req.query_string();
+    form_urlencoded_value(query, "token").map(|token| (token, TokenSource::Query))
+}
+
+/// The first value of `name` in a query string, percent-decoded.
+pub fn form_urlencoded_value(query: &str, name: &str) -> Option<String> {
+    web::Query::<Vec<(String, String)>>::from_query(query)
+        .ok()?
+        .into_inner()
+        .into_iter()
+        .find(|(key, value)| key == name && !value.is_empty())
+        .map(|(_, value)| value)
+}
+
+/// Whether the request's `Origin` is the server's own or an allowed one.
+pub fn origin_is_trusted(req: &HttpRequest, allowed: &[String]) -> bool {
+    let Some(origin) = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/');
+    if allowed.iter().any(|allowed| allowed == origin) {
+        return true;
+    }
+    let authority = origin.split_once("://").map(|(_, rest)| rest);
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+}
+
+fn identify(req: &HttpRequest) -> Result<Identity, ApiError> {
+    let auth = req
+        .app_data::<web::Data<Auth>>()
+        .expect("Auth is registered as app data by startup");
+    let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let (token, source) = find_token(req, &auth.cookie_name).ok_or(ApiError::MissingToken)?;
+    if writes && source == TokenSource::Query {
+        // A token in a URL ends up in logs and histories; writes must not need one.
+        return Err(ApiError::MissingToken);
+    }
+    if writes && source == TokenSource::Cookie && !origin_is_trusted(req, &auth.allowed_origins) {
+        return Err(ApiError::Forbidden(
+            "a request authenticated only by cookie must come from this server's origin \
+             or one in CORS_ALLOWED_ORIGINS"
+                .into(),
+        ));
+    }
+    auth.verifier.verify(&token, source)
+}
+
+impl FromRequest for Identity {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(identify(req))
+    }
+}
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(identify(req).and_then(|identity| {
+            if identity.admin {
+                Ok(Admin(identity))
+            } else {
+                Err(ApiError::Forbidden(
+                    "this needs a token with the `admin` role".into(),
+                ))
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::cookie::Cookie;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn header_wins_over_cookie_and_cookie_over_query() {
+        let all = TestRequest::get()
+            .uri("/api/events?token=from-query")
+            .insert_header((header::AUTHORIZATION, "Bearer from-header"))
+            .cookie(Cookie::new("herald_token", "from-cookie"))
+            .to_http_request();
+        assert_eq!(
+            find_token(&all, "herald_token"),
+            Some(("from-header".into(), TokenSource::Header))
+        );
+
+        let cookie_and_query = TestRequest::get()
+            .uri("/api/events?token=from-query")
+            .cookie(Cookie::new("herald_token", "from-cookie"))
+            .to_http_request();
+        assert_eq!(
+            find_token(&cookie_and_query, "herald_token"),
+            Some(("from-cookie".into(), TokenSource::Cookie))
+        );
+
+        let query = TestRequest::get()
+            .uri("/api/events?a=1&token=a%2Bb")
+            .to_http_request();
+        assert_eq!(
+            find_token(&query, "herald_token"),
+            Some(("a+b".into(), TokenSource::Query))
+        );
+
+        let none = TestRequest::get().uri("/api/events").to_http_request();
+        assert_eq!(find_token(&none, "herald_token"), None);
+    }
+
+    #[test]
+    fn origin_must_match_host_or_the_allowed_list() {
+        let same = TestRequest::post()
+            .insert_header((header::HOST, "localhost:3001"))
+            .insert_header((header::ORIGIN, "http://localhost:3001"))
+            .to_http_request();
+        assert!(origin_is_trusted(&same, &[]));
+        let cross = TestRequest::post()
+            .insert_header((header::HOST, "localhost:3001"))
+            .insert_header((header::ORIGIN, "https://evil.example"))
+            .to_http_request();
+        assert!(!origin_is_trusted(&cross, &[]));
+        assert!(origin_is_trusted(&cross, &["https://evil.example".into()]));
+        let missing = TestRequest::post()
+            .insert_header((header::HOST, "localhost:3001"))
+            .to_http_request();
+        assert!(!origin_is_trusted(&missing, &[]));
+    }
+}

@@ -1,0 +1,106 @@
+//! The one JSON error shape, `{"error": code, "message": text}`, and its status.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// Every error a client can see. Client errors carry their message; server
+/// errors are opaque to the client and logged with their cause.
+#[derive(Debug)]
+pub enum ApiError {
+    MissingToken,
+    InvalidToken(String),
+    TokenExpired,
+    Forbidden(String),
+    BadRequest(String),
+    NotFound,
+    PayloadTooLarge(usize),
+    UnsupportedMediaType,
+    TooManyConnections(String),
+    Unavailable(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::InvalidToken(_) => "invalid_token",
+            Self::TokenExpired => "token_expired",
+            Self::Forbidden(_) => "forbidden",
+            Self::BadRequest(_) => "bad_request",
+            Self::NotFound => "not_found",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::TooManyConnections(_) => "too_many_connections",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Self::MissingToken => "a token is required: send `Authorization: Bearer <token>`, \
+                                   the auth cookie, or `?token=`"
+                .into(),
+            Self::InvalidToken(why) => format!("the token is not valid: {why}"),
+            Self::TokenExpired => "the token has expired".into(),
+            Self::PayloadTooLarge(limit) => format!("the body is larger than {limit} bytes"),
+            Self::UnsupportedMediaType => {
+                "the body must be sent as Content-Type: application/json".into()
+            }
+            Self::NotFound => "no such resource".into(),
+            Self::Forbidden(message)
+            | Self::BadRequest(message)
+            | Self::TooManyConnections(message)
+            | Self::Unavailable(message) => message.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code(), self.message())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::MissingToken | Self::InvalidToken(_) | Self::TokenExpired => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let message = self.message();
+        let mut response = HttpResponse::build(self.status_code());
+        if self.status_code() == StatusCode::UNAUTHORIZED {
+            let challenge = match self {
+                Self::MissingToken => "Bearer".to_owned(),
+                _ => format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                    self.code()
+                ),
+            };
+            response.insert_header((header::WWW_AUTHENTICATE, challenge));
+        }
+        response.insert_header((header::CACHE_CONTROL, "no-store"));
+        response.json(ErrorBody {
+            error: self.code(),
+            message: &message,
+        })
+    }
+}

@@ -1,0 +1,120 @@
+//! The `herald` binary: wiring only.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use herald::auth::Verifier;
+use herald::cli::{Cli, Command};
+use herald::config::{raise_open_file_limit, Config};
+use herald::startup::Application;
+
+fn main() -> ExitCode {
+    // A missing .env is the normal case; a broken one is reported by the settings it lacks.
+    let _ = dotenvy::dotenv();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let result = match Cli::parse().command {
+        None | Some(Command::Serve) => serve(),
+        Some(Command::Token {
+            sub,
+            admin,
+            channels,
+            ttl,
+        }) => token(&sub, admin, &channels, ttl),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("herald: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(sub: &str, admin: bool, channels: &[String], ttl: u64) -> Result<(), String> {
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    if config.is_development() {
+        return Err(
+            "JWT_SECRET is not set, so there is no key to sign with. Set it (see .env.example); \
+                    a server started without it prints its own admin token"
+                .into(),
+        );
+    }
+    let verifier = Verifier::new(&config.jwt, None)?;
+    let token = verifier.mint(
+        sub,
+        admin,
+        channels,
+        ttl,
+        config.jwt.audience.as_deref(),
+        config.jwt.issuer.as_deref(),
+    )?;
+    println!("{token}");
+    Ok(())
+}
+
+fn serve() -> Result<(), String> {
+    let open_files = raise_open_file_limit();
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    log::info!(
+        "open-file limit {open_files}; MAX_CONNECTIONS {}; {} worker(s)",
+        config.max_connections,
+        config.workers
+    );
+    actix_web::rt::System::new().block_on(async move {
+        let development = config.is_development();
+        let (host, demo_login) = (config.host.clone(), config.demo_login);
+        let app = Application::build(config)
+            .await
+            .map_err(|e| format!("cannot start: {e}"))?;
+        let base = format!(
+            "http://{}:{}",
+            if host == "0.0.0.0" {
+                "127.0.0.1"
+            } else {
+                &host
+            },
+            app.port()
+        );
+        log::info!("Herald listening on {base}");
+        if development {
+            let admin = app.mint("admin", true, &["*".to_owned()], 24 * 3600)?;
+            log::warn!(
+                "JWT_SECRET is not set: using a random secret for this run (development mode)"
+            );
+            log::info!("admin token (24 h): {admin}");
+            log::info!(
+                "try:  curl -N -H 'Authorization: Bearer {admin}' '{base}/api/events?channel=news'"
+            );
+            log::info!(
+                "and:  curl -H 'Authorization: Bearer {admin}' -H 'Content-Type: application/json' \
+                 -d '{{\"event\":\"hello\",\"data\":{{\"text\":\"hi\"}}}}' {base}/api/send"
+            );
+        }
+        if demo_login {
+            log::info!("demo page: {base}/");
+        }
+        let shutdown = app.shutdown_handle();
+        actix_web::rt::spawn(async move {
+            wait_for_signal().await;
+            log::info!("shutting down: draining streams");
+            shutdown.run().await;
+        });
+        app.run_until_stopped().await.map_err(|e| e.to_string())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            // Without a SIGTERM handler, Ctrl-C still stops the server.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

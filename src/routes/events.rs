@@ -1,0 +1,177 @@
+//! `GET /api/events`: open an SSE stream.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::{AppState, SocketFd};
+use crate::auth::Identity;
+use crate::broadcaster::{ClientId, ClientStream, Connect, ConnectError, Outbox, Registration};
+use crate::domain::{truncate_for_message, Channel};
+use crate::error::ApiError;
+use crate::sse;
+
+/// Longest `Last-Event-ID` looked at; anything longer is unknown.
+const MAX_LAST_EVENT_ID_LEN: usize = 64;
+
+/// The channels a request asks for: every `channel`, then every `channels`
+/// list, in order, without repeats.
+pub fn requested_channels(
+    query: &[(String, String)],
+    limit: usize,
+) -> Result<Vec<Channel>, ApiError> {
+    let mut channels: Vec<Channel> = Vec::new();
+    let raw = query.iter().flat_map(|(key, value)| match key.as_str() {
+        "channel" => vec![value.as_str()],
+        "channels" => value
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .collect(),
+        _ => Vec::new(),
+    });
+    for name in raw {
+        let channel = Channel::parse(name).map_err(ApiError::BadRequest)?;
+        if !channels.contains(&channel) {
+            if channels.len() == limit {
+                return Err(ApiError::BadRequest(format!(
+                    "at most {limit} channels per stream (MAX_CHANNELS_PER_CONNECTION)"
+                )));
+            }
+            channels.push(channel);
+        }
+    }
+    Ok(channels)
+}
+
+pub async fn subscribe(
+    req: HttpRequest,
+    identity: Identity,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("the query string is malformed: {e}")))?
+        .into_inner();
+    let channels = requested_channels(&query, state.config.max_channels_per_connection)?;
+    if let Some(denied) = channels.iter().find(|channel| {
+        !identity
+            .channel_patterns
+            .iter()
+            .any(|pattern| pattern.allows(channel))
+    }) {
+        return Err(ApiError::Forbidden(format!(
+            "the token does not allow channel {:?}",
+            truncate_for_message(denied.as_str())
+        )));
+    }
+    let last_event_id = req
+        .headers()
+        .get("last-event-id")
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+        .or_else(|| {
+            query
+                .iter()
+                .find(|(key, _)| key == "last_event_id")
+                .map(|(_, value)| value.clone())
+        })
+        .filter(|id| !id.is_empty())
+        .map(|id| {
+            if id.len() > MAX_LAST_EVENT_ID_LEN {
+                String::new()
+            } else {
+                id
+            }
+        });
+
+    let socket = req.conn_data::<SocketFd>().map(|fd| fd.0);
+    let outbox = Outbox::new(state.config.client_buffer, socket);
+    let id = ClientId::random();
+    // Created before the actor hears of the stream: if this request is
+    // abandoned while waiting, dropping it unregisters the stream.
+    let registration = Registration::new(id, state.broadcaster.clone());
+    let connect = Connect {
+        id,
+        user: identity.user.clone(),
+        channels,
+        last_event_id,
+        outbox: outbox.clone(),
+    };
+    let preamble = sse::retry(state.config.sse_retry_ms);
+    match state.broadcaster.send(connect).await {
+        Ok(Ok(connected)) => {
+            log::debug!(
+                "stream {} opened for {:?} (replayed {}, recovered {})",
+                id.0,
+                identity.user.as_str(),
+                connected.replayed,
+                connected.recovered
+            );
+            let body = ClientStream::new(
+                outbox,
+                preamble,
+                identity.expires_at,
+                state.metrics.clone(),
+                Box::new(registration),
+            );
+            Ok(sse_response().streaming(body))
+        }
+        Ok(Err(ConnectError::TooManyConnections(message))) => {
+            state
+                .metrics
+                .connections_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(ApiError::TooManyConnections(message))
+        }
+        // Shutting down: an error status would make a browser's EventSource
+        // give up for good; an empty stream makes it retry, on a new connection.
+        Ok(Err(ConnectError::ShuttingDown)) | Err(_) => Ok(sse_response()
+            .insert_header((header::CONNECTION, "close"))
+            .body(preamble)),
+    }
+}
+
+fn sse_response() -> actix_web::HttpResponseBuilder {
+    let mut response = HttpResponse::Ok();
+    response
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(raw: &[(&str, &str)]) -> Vec<(String, String)> {
+        raw.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn channels_merge_both_parameters_in_order_without_repeats() {
+        let got = requested_channels(
+            &pairs(&[("channel", "a"), ("channels", "b, c,,a"), ("channel", "d")]),
+            64,
+        )
+        .unwrap();
+        let names: Vec<&str> = got.iter().map(Channel::as_str).collect();
+        assert_eq!(names, ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn too_many_or_invalid_channels_are_bad_requests() {
+        assert!(matches!(
+            requested_channels(&pairs(&[("channels", "a,b,c")]), 2),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            requested_channels(&pairs(&[("channel", "no spaces")]), 2),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            requested_channels(&pairs(&[("channel", "")]), 2),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
+}

@@ -1,0 +1,27 @@
+//! HTTP endpoints, one file per group. Handlers parse and authorise; they
+//! never touch the Broadcaster's maps, only send it messages.
+
+pub mod events;
+pub mod health;
+pub mod publish;
+
+use std::sync::Arc;
+
+use actix::Addr;
+
+use crate::backend::EventBus;
+use crate::broadcaster::Broadcaster;
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// What every handler may use, registered once as app data.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub broadcaster: Addr<Broadcaster>,
+    pub bus: EventBus,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The connection's socket descriptor, recorded when the connection opens.
+#[derive(Clone, Copy, Debug)]
+pub struct SocketFd(pub std::os::fd::RawFd);

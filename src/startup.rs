@@ -1,0 +1,226 @@
+//! `Application`: binds the listener, starts the Broadcaster, serves, stops.
+
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use actix_cors::Cors;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::Logger;
+use actix_web::{http, web, App, HttpResponse, HttpServer};
+
+use crate::auth::{Auth, Verifier};
+use crate::backend::EventBus;
+use crate::broadcaster::{Broadcaster, Drain, Limits};
+use crate::config::{open_file_limit, Config};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::routes::{self, AppState, SocketFd};
+
+/// Extra seconds past the drain window before remaining connections are cut.
+const SHUTDOWN_GRACE_SECS: u64 = 3;
+
+/// A running (not yet awaited) Herald server.
+pub struct Application {
+    port: u16,
+    server: Server,
+    shutdown: Shutdown,
+    auth: web::Data<Auth>,
+}
+
+/// Stops the server: drains the streams, then stops accepting and serving.
+#[derive(Clone)]
+pub struct Shutdown {
+    server: ServerHandle,
+    broadcaster: Addr<Broadcaster>,
+    drain: Duration,
+}
+
+impl Shutdown {
+    /// Ends every stream spread over the drain window, then stops the server.
+    /// Returns once the server has stopped.
+    pub async fn run(&self) {
+        // Stop accepting first, so clients reconnect elsewhere (or later).
+        let stopping = self.server.stop(true);
+        // If the actor is already gone there is nothing left to drain.
+        let _ = self.broadcaster.send(Drain { window: self.drain }).await;
+        stopping.await;
+    }
+}
+
+/// Random hex, for a development secret.
+fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    // Without an OS random source no safe secret can be made; stopping is right.
+    getrandom::fill(&mut buffer).expect("the OS random source is available");
+    buffer.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Rewrites `token=...` in a URI for the access log.
+pub fn redact_uri(uri: &http::Uri) -> String {
+    let Some(query) = uri.query() else {
+        return uri.path().to_owned();
+    };
+    let redacted: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("token") => format!("{key}=[redacted]"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{}?{}", uri.path(), redacted.join("&"))
+}
+
+impl Application {
+    /// Binds `config.host:config.port` (port 0 picks a free one) and starts
+    /// the actors. Must be called inside an actix system.
+    pub async fn build(config: Config) -> std::io::Result<Self> {
+        let generated_secret = config.is_development().then(|| random_hex(32));
+        let verifier = Verifier::new(&config.jwt, generated_secret.as_deref())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let auth = web::Data::new(Auth {
+            verifier,
+            cookie_name: config.auth_cookie_name.clone(),
+            allowed_origins: config.cors_allowed_origins.clone(),
+            audience: config.jwt.audience.clone(),
+            issuer: config.jwt.issuer.clone(),
+        });
+        let metrics = Arc::new(Metrics::default());
+        let broadcaster = Broadcaster::new(
+            Limits {
+                max_connections: config.max_connections,
+                max_connections_per_user: config.max_connections_per_user,
+                heartbeat_interval: config.heartbeat_interval,
+                history_size: config.history_size,
+                history_max_bytes: config.history_max_bytes,
+            },
+            metrics.clone(),
+        )
+        .start();
+        let bus = EventBus::Memory(broadcaster.clone());
+        let config = Arc::new(config);
+        let state = web::Data::new(AppState {
+            config: config.clone(),
+            broadcaster: broadcaster.clone(),
+            bus,
+            metrics,
+        });
+
+        let listener = TcpListener::bind((config.host.as_str(), config.port))?;
+        let port = listener.local_addr()?.port();
+        // Connections accepted in all: below the open-file limit, above
+        // MAX_CONNECTIONS, so a request past the stream limit still gets its 429.
+        let accept_limit = open_file_limit().saturating_sub(128).max(64);
+        let per_worker = accept_limit.div_ceil(config.workers);
+        let app_auth = auth.clone();
+        let origins = config.cors_allowed_origins.clone();
+        let server = HttpServer::new(move || {
+            let cors = origins.iter().fold(
+                Cors::default()
+                    .block_on_origin_mismatch(false)
+                    .allowed_methods(["GET", "POST"])
+                    .allowed_headers([http::header::AUTHORIZATION, http::header::CONTENT_TYPE])
+                    .allowed_header("last-event-id")
+                    .supports_credentials()
+                    .max_age(3600),
+                |cors, origin| cors.allowed_origin(origin),
+            );
+            App::new()
+                .app_data(state.clone())
+                .app_data(app_auth.clone())
+                .wrap(cors)
+                .wrap(
+                    Logger::new("%{r}a \"%{uri}xi\" %s %b %Dms")
+                        .custom_request_replace("uri", |req| {
+                            format!("{} {}", req.method(), redact_uri(req.uri()))
+                        }),
+                )
+                .route("/api/events", web::get().to(routes::events::subscribe))
+                .route("/api/send", web::post().to(routes::publish::send))
+                .route("/api/stats", web::get().to(routes::health::stats))
+                .route("/metrics", web::get().to(routes::health::metrics))
+                .route("/healthz", web::get().to(routes::health::healthz))
+                .default_service(web::to(|| async {
+                    Err::<HttpResponse, _>(ApiError::NotFound)
+                }))
+        })
+        .workers(config.workers)
+        .max_connections(per_worker)
+        .backlog(4096)
+        .tcp_nodelay(true)
+        .on_connect(|connection, data| {
+            if let Some(socket) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                data.insert(SocketFd(socket.as_raw_fd()));
+            }
+        })
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_drain.as_secs() + SHUTDOWN_GRACE_SECS)
+        .listen(listener)?
+        .run();
+
+        let shutdown = Shutdown {
+            server: server.handle(),
+            broadcaster,
+            drain: config.shutdown_drain,
+        };
+        Ok(Self {
+            port,
+            server,
+            shutdown,
+            auth,
+        })
+    }
+
+    /// The port actually bound.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle that stops this server gracefully.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Signs a token with the server's key (the development admin token, tests).
+    pub fn mint(
+        &self,
+        sub: &str,
+        admin: bool,
+        channels: &[String],
+        ttl_secs: u64,
+    ) -> Result<String, String> {
+        self.auth.verifier.mint(
+            sub,
+            admin,
+            channels,
+            ttl_secs,
+            self.auth.audience.as_deref(),
+            self.auth.issuer.as_deref(),
+        )
+    }
+
+    /// Serves until stopped through a [`Shutdown`] handle.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_log_uris_never_carry_a_token() {
+        let uri: http::Uri = "/api/events?channel=a&token=eyJ.secret.sig&TOKEN=x"
+            .parse()
+            .unwrap();
+        let logged = redact_uri(&uri);
+        assert_eq!(
+            logged,
+            "/api/events?channel=a&token=[redacted]&TOKEN=[redacted]"
+        );
+        assert!(!logged.contains("secret"));
+    }
+}
