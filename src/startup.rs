@@ -150,6 +150,8 @@ impl Application {
         .max_connections(per_worker)
         .backlog(4096)
         .tcp_nodelay(true)
+        // An SSE client never half-closes: EOF means it is gone, so forget it now.
+        .h1_allow_half_closed(false)
         .on_connect(|connection, data| {
             if let Some(socket) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
                 data.insert(SocketFd(socket.as_raw_fd()));

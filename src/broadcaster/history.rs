@@ -186,7 +186,7 @@ mod tests {
             channels: vec![news.clone()].into(),
         };
         assert!(audience.includes(&alice, &[]));
-        assert!(audience.includes(&bob, &[news.clone()]));
+        assert!(audience.includes(&bob, std::slice::from_ref(&news)));
         assert!(!audience.includes(&bob, &[Channel::parse("sport").unwrap()]));
         assert!(Audience::Everyone.includes(&bob, &[]));
     }

@@ -1,0 +1,9 @@
+//! Herald's integration tests: a real server on a random port, real HTTP.
+
+mod helpers;
+mod limits;
+mod process;
+mod publish;
+mod resume;
+mod streams;
+mod tokens;

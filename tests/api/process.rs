@@ -1,0 +1,419 @@
+//! Tests that run the `herald` binary itself: start-up, the CLI, signals,
+//! logs, and memory under a stuck client.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::*;
+
+/// A running `herald` process, killed when dropped.
+struct Herald {
+    child: Child,
+    port: u16,
+    /// Everything the process wrote to stderr (its log).
+    log: Arc<Mutex<String>>,
+}
+
+impl Herald {
+    fn start(env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("RUST_LOG", "info")
+            // Away from the project's own .env.
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("herald starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (port_tx, port_rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("Herald listening on http://127.0.0.1:").nth(1) {
+                    let _ = port_tx.send(rest.trim().parse::<u16>().unwrap());
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let port = match port_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(port) => port,
+            Err(_) => panic!("herald did not start; log:\n{}", log.lock().unwrap()),
+        };
+        Herald { child, port, log }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn terminate(&self) {
+        // SAFETY: kill() with a child's pid has no memory effects.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+
+    /// Waits for the process to exit; returns how long it took and whether it exited cleanly.
+    fn wait_exit(&mut self, limit: Duration) -> (Duration, bool) {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (started.elapsed(), status.success());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("herald did not exit within {limit:?}; log:\n{}", self.log());
+    }
+
+    fn resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib * 1024
+    }
+
+    async fn stats(&self) -> Value {
+        let mut response = client()
+            .get(self.url("/api/stats"))
+            .bearer_auth(admin_token())
+            .send()
+            .await
+            .unwrap();
+        response.json().await.unwrap()
+    }
+
+    async fn wait_for(&self, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let stats = self.stats().await;
+            if predicate(&stats) {
+                return stats;
+            }
+            assert!(Instant::now() < deadline, "{what} never happened: {stats}");
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_short_secret_stops_start_up_with_a_message_naming_it() {
+    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .env_clear()
+        .env("JWT_SECRET", "short")
+        .env("PORT", "0")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("JWT_SECRET") && stderr.contains("32"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_token_command_mints_a_token_the_server_accepts() {
+    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "token",
+            "--sub",
+            "alice",
+            "--admin",
+            "--channels",
+            "news,team-42.*",
+            "--ttl",
+            "120",
+        ])
+        .env_clear()
+        .env("JWT_SECRET", SECRET)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let config = config(&[]);
+    let verifier = herald::auth::Verifier::new(&config.jwt, None).unwrap();
+    let identity = verifier
+        .verify(&token, herald::auth::TokenSource::Header)
+        .unwrap();
+    assert_eq!(identity.user.as_str(), "alice");
+    assert!(identity.admin);
+    assert_eq!(identity.channel_patterns.len(), 2);
+    let ttl = identity.expires_at - now();
+    assert!((100..=120).contains(&ttl), "ttl {ttl}");
+
+    let without_secret = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["token", "--sub", "alice"])
+        .env_clear()
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(!without_secret.status.success());
+    assert!(String::from_utf8_lossy(&without_secret.stderr).contains("JWT_SECRET"));
+}
+
+#[actix_web::test]
+async fn without_a_secret_the_server_starts_and_logs_a_working_admin_token() {
+    let herald = Herald::start(&[]);
+    let deadline = Instant::now() + TIMEOUT;
+    while !herald.log().contains("demo page") {
+        assert!(
+            Instant::now() < deadline,
+            "start-up log incomplete:\n{}",
+            herald.log()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = herald.log();
+    let token = log
+        .split("admin token (24 h): ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no admin token in the log:\n{log}"))
+        .to_owned();
+    assert!(log.contains("curl"), "a curl example is logged");
+    let response = client()
+        .post(herald.url("/api/send"))
+        .bearer_auth(&token)
+        .send_json(&json!({"event": "hi"}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let refused = client()
+        .post(herald.url("/api/send"))
+        .bearer_auth(admin_token())
+        .send_json(&json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        401,
+        "the random secret is not the test secret"
+    );
+}
+
+#[actix_web::test]
+async fn access_logs_never_contain_a_token() {
+    let herald = Herald::start(&[("JWT_SECRET", SECRET)]);
+    let token = user_token("alice", &[]);
+    let mut stream =
+        Sse::open(client().get(herald.url(&format!("/api/events?token={token}&x=1")))).await;
+    assert_eq!(stream.next().await.event, "connected");
+    drop(stream);
+    let response = client()
+        .get(herald.url(&format!("/nope?token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let deadline = Instant::now() + TIMEOUT;
+    while !herald.log().contains("/nope?token=[redacted]") {
+        assert!(
+            Instant::now() < deadline,
+            "no access log line:\n{}",
+            herald.log()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(
+        !herald.log().contains(signature),
+        "a token reached the log:\n{}",
+        herald.log()
+    );
+}
+
+#[actix_web::test]
+async fn sigterm_ends_thousands_of_streams_and_exits_within_the_drain_window() {
+    raise_open_files();
+    const STREAMS: usize = 2000;
+    let mut herald = Herald::start(&[("JWT_SECRET", SECRET), ("SHUTDOWN_DRAIN_SECS", "1")]);
+    let client = client();
+    let mut streams = Vec::with_capacity(STREAMS);
+    for index in 0..STREAMS {
+        let request = client
+            .get(herald.url("/api/events"))
+            .bearer_auth(user_token(&format!("user-{index}"), &[]));
+        let stream = Sse::open(request).await;
+        assert_eq!(stream.status, 200);
+        streams.push(stream);
+    }
+    herald
+        .wait_for("all streams open", |stats| stats["connections"] == STREAMS)
+        .await;
+    herald.terminate();
+    let signalled = Instant::now();
+    for stream in &mut streams {
+        let frames = stream.until_end().await;
+        assert_eq!(frames.first().map(|f| f.event.as_str()), Some("connected"));
+    }
+    let ended = signalled.elapsed();
+    let (exited, clean) = herald.wait_exit(Duration::from_secs(10));
+    assert!(clean, "exit status 0; log:\n{}", herald.log());
+    let total = signalled.elapsed();
+    println!("{STREAMS} streams ended {ended:?} after SIGTERM; process gone after {total:?} ({exited:?} after the last stream)");
+    assert!(total < Duration::from_secs(1 + 5), "exited in {total:?}");
+}
+
+/// Reads an HTTP/1.1 chunked response to EOF; returns the body (a cut-off
+/// last chunk is kept as far as it arrived).
+fn dechunk(raw: &[u8]) -> Vec<u8> {
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    let mut rest = &raw[head_end..];
+    let mut body = Vec::new();
+    while let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap().trim(), 16)
+                .unwrap();
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            break;
+        }
+        let take = size.min(rest.len());
+        body.extend_from_slice(&rest[..take]);
+        rest = &rest[(take + 2).min(rest.len())..];
+    }
+    body
+}
+
+#[actix_web::test]
+async fn stuck_clients_are_cut_off_counted_and_recover_everything_from_history() {
+    const STUCK: usize = 3;
+    const EVENTS: usize = 2000;
+    const PAD: usize = 8 * 1024;
+    const BATCH: usize = 100;
+    let herald = Herald::start(&[
+        ("JWT_SECRET", SECRET),
+        ("CLIENT_BUFFER", "64"),
+        ("MAX_BODY_BYTES", "2000000"),
+    ]);
+    let address: std::net::SocketAddr = format!("127.0.0.1:{}", herald.port).parse().unwrap();
+    let token = user_token("slow", &[]);
+    let mut stuck = Vec::new();
+    for _ in 0..STUCK {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut connection = socket.connect(address).await.unwrap();
+        let request = format!(
+            "GET /api/events HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        connection.write_all(request.as_bytes()).await.unwrap();
+        stuck.push(connection);
+    }
+    herald
+        .wait_for("stuck streams registered", |stats| {
+            stats["connections"] == STUCK
+        })
+        .await;
+    let resident_before = herald.resident_bytes();
+
+    let pad = "x".repeat(PAD);
+    let publisher = client();
+    for start in (0..EVENTS).step_by(BATCH) {
+        let batch: Vec<Value> = (start..start + BATCH)
+            .map(|n| json!({"user": "slow", "data": {"n": n, "pad": pad}}))
+            .collect();
+        let response = publisher
+            .post(herald.url("/api/send"))
+            .bearer_auth(admin_token())
+            .send_json(&batch)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    let stats = herald
+        .wait_for("stuck streams cut off", |stats| {
+            stats["slow_client_disconnects"] == STUCK
+        })
+        .await;
+    assert_eq!(stats["connections"], 0);
+    let resident_after = herald.resident_bytes();
+    let published = (EVENTS * PAD) as u64;
+    let growth = resident_after.saturating_sub(resident_before);
+    println!(
+        "published {} MiB to {STUCK} stuck clients; server RSS {} -> {} MiB (+{} MiB)",
+        published >> 20,
+        resident_before >> 20,
+        resident_after >> 20,
+        growth >> 20
+    );
+    // History keeps one copy of each event; a stuck client must add no copy of its own.
+    assert!(
+        growth < published * 3 / 2 + (24 << 20),
+        "memory grew by {growth} bytes"
+    );
+
+    for mut connection in stuck {
+        let mut raw = Vec::new();
+        actix_web::rt::time::timeout(TIMEOUT, connection.read_to_end(&mut raw))
+            .await
+            .expect("the server closed the stuck connection")
+            .ok();
+        let mut parser = herald::sse::Parser::new();
+        let frames = parser.feed(&dechunk(&raw));
+        assert_eq!(frames[0].event, "connected");
+        let mut seen: Vec<u64> = frames[1..]
+            .iter()
+            .map(|f| data(f)["n"].as_u64().unwrap())
+            .collect();
+        assert!(seen.len() < EVENTS, "the client was cut off before the end");
+        let last_id = frames.last().unwrap().id.clone();
+
+        let mut request = client().get(herald.url("/api/events")).bearer_auth(&token);
+        if let Some(id) = &last_id {
+            request = request.insert_header(("last-event-id", id.as_str()));
+        }
+        let mut resumed = Sse::open(request).await;
+        let connected = data(&resumed.next().await);
+        assert_eq!(connected["recovered"], last_id.is_some());
+        assert_eq!(
+            connected["replayed"].as_u64().unwrap() as usize,
+            EVENTS - seen.len()
+        );
+        while seen.len() < EVENTS {
+            seen.push(data(&resumed.next().await)["n"].as_u64().unwrap());
+        }
+        assert_eq!(
+            seen,
+            (0..EVENTS as u64).collect::<Vec<_>>(),
+            "everything, once, in order"
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! Opening streams and delivering targeted, channel and global events.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[actix_web::test]
+async fn stream_opens_with_retry_then_connected_and_the_contract_headers() {
+    let server = spawn(&[("SSE_RETRY_TIMEOUT", "1234")]).await;
+    let (stream, connected) = server
+        .subscribe(&user_token("alice", &["news"]), "channel=news")
+        .await;
+    assert_eq!(
+        stream.headers.get("content-type").unwrap(),
+        "text/event-stream"
+    );
+    assert_eq!(stream.headers.get("cache-control").unwrap(), "no-cache");
+    assert_eq!(stream.headers.get("x-accel-buffering").unwrap(), "no");
+    assert!(stream.headers.get("content-encoding").is_none());
+    assert_eq!(stream.retry(), Some(1234), "retry comes before connected");
+    assert_eq!(connected["user"], "alice");
+    assert_eq!(connected["channels"], json!(["news"]));
+    assert_eq!(connected["replayed"], 0);
+    assert_eq!(connected["recovered"], true);
+    let client_id = connected["client_id"].as_str().unwrap();
+    assert!(
+        uuid::Uuid::parse_str(client_id).is_ok(),
+        "{client_id} is a uuid"
+    );
+}
+
+#[actix_web::test]
+async fn streams_are_not_compressed_even_when_the_client_asks() {
+    let server = spawn(&[]).await;
+    let request = server
+        .client()
+        .get(server.url("/api/events"))
+        .bearer_auth(user_token("alice", &[]))
+        .insert_header(("accept-encoding", "gzip, br, deflate"));
+    let mut stream = Sse::open(request).await;
+    assert_eq!(stream.status, 200);
+    assert!(stream.headers.get("content-encoding").is_none());
+    assert_eq!(stream.next().await.event, "connected");
+}
+
+#[actix_web::test]
+async fn targeted_event_does_not_reach_other_users() {
+    let server = spawn(&[]).await;
+    let (mut alice, _) = server.subscribe(&user_token("alice", &[]), "").await;
+    let (mut bob, _) = server.subscribe(&user_token("bob", &[]), "").await;
+    let answer = server
+        .send(json!({"event": "update", "user": "alice", "data": {"n": 1}}))
+        .await;
+    assert_eq!(answer["recipients"], 1);
+    let frame = alice.next().await;
+    assert_eq!(frame.event, "update");
+    assert_eq!(data(&frame), json!({"n": 1}));
+    assert_eq!(frame.id.as_deref(), answer["id"].as_str());
+    // A later global event proves bob's stream works and got nothing before it.
+    server.send(json!({"event": "everyone"})).await;
+    assert_eq!(bob.next().await.event, "everyone");
+}
+
+#[actix_web::test]
+async fn every_stream_of_a_user_receives_its_events() {
+    let server = spawn(&[]).await;
+    let token = user_token("alice", &[]);
+    let (mut tab1, _) = server.subscribe(&token, "").await;
+    let (mut tab2, _) = server.subscribe(&token, "").await;
+    let answer = server.send(json!({"user": "alice", "data": "hi"})).await;
+    assert_eq!(answer["recipients"], 2);
+    for tab in [&mut tab1, &mut tab2] {
+        let frame = tab.next().await;
+        assert_eq!(frame.event, "message", "the default event name");
+        assert_eq!(data(&frame), json!("hi"));
+    }
+}
+
+#[actix_web::test]
+async fn channel_event_reaches_only_subscribers_of_that_channel() {
+    let server = spawn(&[]).await;
+    let (mut news, _) = server
+        .subscribe(&user_token("alice", &["news", "sport"]), "channel=news")
+        .await;
+    let (mut sport, _) = server
+        .subscribe(&user_token("bob", &["*"]), "channels=sport")
+        .await;
+    let answer = server
+        .send(json!({"event": "headline", "channel": "news"}))
+        .await;
+    assert_eq!(answer["recipients"], 1);
+    assert_eq!(news.next().await.event, "headline");
+    server
+        .send(json!({"event": "score", "channel": "sport"}))
+        .await;
+    assert_eq!(
+        sport.next().await.event,
+        "score",
+        "sport got nothing before its own event"
+    );
+    assert!(news.quiet_for(Duration::from_millis(200)).await);
+}
+
+#[actix_web::test]
+async fn global_event_reaches_every_stream() {
+    let server = spawn(&[]).await;
+    let mut streams = Vec::new();
+    for user in ["a", "b", "c"] {
+        streams.push(
+            server
+                .subscribe(&user_token(user, &["x"]), "channel=x")
+                .await
+                .0,
+        );
+    }
+    let answer = server.send(json!({"event": "all", "data": [1, 2]})).await;
+    assert_eq!(answer["recipients"], 3);
+    for stream in &mut streams {
+        let frame = stream.next().await;
+        assert_eq!((frame.event.as_str(), data(&frame)), ("all", json!([1, 2])));
+    }
+}
+
+#[actix_web::test]
+async fn a_stream_matching_several_targets_gets_the_event_once_and_is_counted_once() {
+    let server = spawn(&[]).await;
+    let (mut alice, _) = server
+        .subscribe(&user_token("alice", &["a", "b"]), "channels=a,b")
+        .await;
+    let answer = server
+        .send(json!({"event": "once", "user": "alice", "users": ["alice"], "channels": ["a", "b"]}))
+        .await;
+    assert_eq!(answer["recipients"], 1);
+    assert_eq!(alice.next().await.event, "once");
+    server.send(json!({"event": "next"})).await;
+    assert_eq!(
+        alice.next().await.event,
+        "next",
+        "no second copy came first"
+    );
+}
+
+#[actix_web::test]
+async fn a_batch_is_published_in_order_with_increasing_ids() {
+    let server = spawn(&[]).await;
+    let (mut stream, _) = server
+        .subscribe(&user_token("alice", &["n"]), "channel=n")
+        .await;
+    let answer = server
+        .send(json!([
+            {"event": "one", "user": "alice"},
+            {"event": "two", "channel": "n"},
+            {"event": "three"},
+            {"event": "nobody", "user": "bob"},
+        ]))
+        .await;
+    let events = answer["events"].as_array().unwrap();
+    assert_eq!(events.len(), 4);
+    let recipients: Vec<u64> = events
+        .iter()
+        .map(|e| e["recipients"].as_u64().unwrap())
+        .collect();
+    assert_eq!(recipients, [1, 1, 1, 0]);
+    let ids: Vec<herald::domain::EventId> = events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        ids.windows(2).all(|pair| pair[0] < pair[1]),
+        "ids increase: {ids:?}"
+    );
+    for (name, id) in ["one", "two", "three"].iter().zip(&ids) {
+        let frame = stream.next().await;
+        assert_eq!(&frame.event, name);
+        assert_eq!(frame.id, Some(id.to_string()));
+    }
+}
+
+#[actix_web::test]
+async fn data_with_line_breaks_arrives_as_one_event() {
+    let server = spawn(&[]).await;
+    let (mut stream, _) = server.subscribe(&user_token("alice", &[]), "").await;
+    let text = "line one\nline two\r\nid: 666\n\nevent: injected";
+    server
+        .send(json!({"event": "note", "data": {"text": text}}))
+        .await;
+    let frame = stream.next().await;
+    assert_eq!(frame.event, "note");
+    assert_eq!(data(&frame)["text"], text);
+    server.send(json!({"event": "after"})).await;
+    assert_eq!(
+        stream.next().await.event,
+        "after",
+        "nothing was split off the first event"
+    );
+}
+
+#[actix_web::test]
+async fn unknown_paths_get_a_json_404() {
+    let server = spawn(&[]).await;
+    let mut response = server
+        .client()
+        .get(server.url("/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "not_found");
+}
+
+#[actix_web::test]
+async fn stats_metrics_and_health_report_what_is_open() {
+    let server = spawn(&[]).await;
+    let (_a, _) = server
+        .subscribe(&user_token("alice", &["news"]), "channel=news")
+        .await;
+    let (mut b, _) = server
+        .subscribe(&user_token("bob", &["news"]), "channel=news")
+        .await;
+    server.send(json!({"channel": "news"})).await;
+    b.next().await;
+    let stats = server.stats().await;
+    assert_eq!(stats["connections"], 2);
+    assert_eq!(stats["users"], 2);
+    assert_eq!(stats["channels"]["news"], 2);
+    assert_eq!(stats["events_published"], 1);
+    assert!(stats["events_delivered"].as_u64().unwrap() >= 1);
+    assert_eq!(stats["slow_client_disconnects"], 0);
+    assert!(stats["uptime_secs"].is_u64());
+
+    let mut metrics = server
+        .client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = String::from_utf8(metrics.body().await.unwrap().to_vec()).unwrap();
+    for line in [
+        "herald_connections 2",
+        "herald_users 2",
+        "herald_events_published_total 1",
+        "herald_channel_subscribers{channel=\"news\"} 2",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+
+    let mut health = server
+        .client()
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(
+        health.json::<serde_json::Value>().await.unwrap(),
+        json!({"status": "ok"})
+    );
+}
+
+#[actix_web::test]
+async fn stats_need_an_admin_token() {
+    let server = spawn(&[]).await;
+    let anonymous = server
+        .client()
+        .get(server.url("/api/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let mut user = server
+        .client()
+        .get(server.url("/api/stats"))
+        .bearer_auth(user_token("alice", &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(user.status(), 403);
+    assert_eq!(
+        user.json::<serde_json::Value>().await.unwrap()["error"],
+        "forbidden"
+    );
+}

@@ -1,0 +1,302 @@
+//! Where tokens are read and which ones are refused.
+
+use actix_web::cookie::Cookie;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+async fn open_status(
+    server: &TestServer,
+    request: awc::ClientRequest,
+) -> (u16, Value, Option<String>) {
+    let mut response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = if status == 200 {
+        Value::Null
+    } else {
+        response.json::<Value>().await.unwrap_or(Value::Null)
+    };
+    let _ = server;
+    (status, body, challenge)
+}
+
+#[actix_web::test]
+async fn a_token_is_read_from_the_header_the_cookie_or_the_query() {
+    let server = spawn(&[]).await;
+    let token = user_token("alice", &[]);
+    let by_header = server
+        .client()
+        .get(server.url("/api/events"))
+        .bearer_auth(&token);
+    let by_cookie = server
+        .client()
+        .get(server.url("/api/events"))
+        .cookie(Cookie::new("herald_token", token.clone()));
+    let by_query = server
+        .client()
+        .get(server.url(&format!("/api/events?token={token}")));
+    for request in [by_header, by_cookie, by_query] {
+        let mut stream = Sse::open(request).await;
+        assert_eq!(stream.status, 200);
+        assert_eq!(data(&stream.next().await)["user"], "alice");
+    }
+}
+
+#[actix_web::test]
+async fn the_first_token_found_wins_header_then_cookie_then_query() {
+    let server = spawn(&[]).await;
+    let good = user_token("alice", &[]);
+    // A bad header is not rescued by a good cookie or query token.
+    let request = server
+        .client()
+        .get(server.url(&format!("/api/events?token={good}")))
+        .bearer_auth("not-a-token")
+        .cookie(Cookie::new("herald_token", good.clone()));
+    assert_eq!(open_status(&server, request).await.0, 401);
+    // A good cookie wins over a bad query token.
+    let request = server
+        .client()
+        .get(server.url("/api/events?token=garbage"))
+        .cookie(Cookie::new("herald_token", good.clone()));
+    assert_eq!(open_status(&server, request).await.0, 200);
+}
+
+#[actix_web::test]
+async fn bad_tokens_get_401_with_the_contract_codes() {
+    let server = spawn(&[]).await;
+    let now = now();
+    let other_secret = encode(
+        &Header::default(),
+        &json!({"sub": "a", "exp": now + 60}),
+        &EncodingKey::from_secret(b"another-secret-another-secret-123"),
+    )
+    .unwrap();
+    let unsigned = {
+        let header = base64url(r#"{"alg":"none","typ":"JWT"}"#);
+        let claims = base64url(&json!({"sub": "a", "exp": now + 60}).to_string());
+        format!("{header}.{claims}.")
+    };
+    let hs384 = encode(
+        &Header::new(Algorithm::HS384),
+        &json!({"sub": "a", "exp": now + 60}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        ("no token", None, "missing_token"),
+        ("garbage", Some("garbage".into()), "invalid_token"),
+        (
+            "expired",
+            Some(token(json!({"sub": "a", "exp": now - 60}))),
+            "token_expired",
+        ),
+        ("wrong secret", Some(other_secret), "invalid_token"),
+        ("alg none", Some(unsigned), "invalid_token"),
+        ("other HMAC algorithm", Some(hs384), "invalid_token"),
+        ("no exp", Some(token(json!({"sub": "a"}))), "invalid_token"),
+        (
+            "no sub",
+            Some(token(json!({"exp": now + 60}))),
+            "invalid_token",
+        ),
+        (
+            "empty sub",
+            Some(token(json!({"sub": "", "exp": now + 60}))),
+            "invalid_token",
+        ),
+        (
+            "sub with a line break",
+            Some(token(json!({"sub": "a\nb", "exp": now + 60}))),
+            "invalid_token",
+        ),
+        (
+            "overlong sub",
+            Some(token(json!({"sub": "u".repeat(257), "exp": now + 60}))),
+            "invalid_token",
+        ),
+        (
+            "not yet valid",
+            Some(token(
+                json!({"sub": "a", "exp": now + 600, "nbf": now + 300}),
+            )),
+            "invalid_token",
+        ),
+        (
+            "roles not an array",
+            Some(token(
+                json!({"sub": "a", "exp": now + 60, "roles": "admin"}),
+            )),
+            "invalid_token",
+        ),
+        (
+            "bad channel pattern",
+            Some(token(
+                json!({"sub": "a", "exp": now + 60, "channels": ["a b"]}),
+            )),
+            "invalid_token",
+        ),
+    ];
+    for (case, token, code) in cases {
+        let mut request = server.client().get(server.url("/api/events"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let (status, body, challenge) = open_status(&server, request).await;
+        assert_eq!(status, 401, "{case}");
+        assert_eq!(body["error"], code, "{case}: {body}");
+        assert!(body["message"].is_string(), "{case}");
+        assert!(
+            challenge.is_some_and(|c| c.starts_with("Bearer")),
+            "{case}: WWW-Authenticate: Bearer"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn leeway_accepts_a_token_that_just_expired() {
+    let server = spawn(&[("JWT_LEEWAY_SECS", "30")]).await;
+    let request = server
+        .client()
+        .get(server.url("/api/events"))
+        .bearer_auth(token(json!({"sub": "a", "exp": now() - 10})));
+    assert_eq!(open_status(&server, request).await.0, 200);
+}
+
+#[actix_web::test]
+async fn audience_and_issuer_are_required_when_configured() {
+    let server = spawn(&[
+        ("JWT_AUDIENCE", "herald"),
+        ("JWT_ISSUER", "https://auth.example"),
+    ])
+    .await;
+    let exp = now() + 60;
+    let cases = [
+        (
+            json!({"sub": "a", "exp": exp, "aud": "herald", "iss": "https://auth.example"}),
+            200,
+        ),
+        (
+            json!({"sub": "a", "exp": exp, "aud": ["other", "herald"], "iss": "https://auth.example"}),
+            200,
+        ),
+        (
+            json!({"sub": "a", "exp": exp, "iss": "https://auth.example"}),
+            401,
+        ),
+        (
+            json!({"sub": "a", "exp": exp, "aud": "other", "iss": "https://auth.example"}),
+            401,
+        ),
+        (json!({"sub": "a", "exp": exp, "aud": "herald"}), 401),
+        (
+            json!({"sub": "a", "exp": exp, "aud": "herald", "iss": "https://evil.example"}),
+            401,
+        ),
+    ];
+    for (claims, expected) in cases {
+        let request = server
+            .client()
+            .get(server.url("/api/events"))
+            .bearer_auth(token(claims.clone()));
+        assert_eq!(open_status(&server, request).await.0, expected, "{claims}");
+    }
+}
+
+#[actix_web::test]
+async fn es256_tokens_verify_with_the_public_key_and_hs_tokens_made_from_it_do_not() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let public = format!("{fixtures}/es256-public.pem");
+    let mut config = config(&[("JWT_ALGORITHM", "ES256"), ("JWT_PUBLIC_KEY_FILE", &public)]);
+    config.jwt.secret = None;
+    let server = spawn_with(config).await;
+    let private = std::fs::read(format!("{fixtures}/es256-private.pem")).unwrap();
+    let claims = json!({"sub": "alice", "exp": now() + 60});
+    let es = encode(
+        &Header::new(Algorithm::ES256),
+        &claims,
+        &EncodingKey::from_ec_pem(&private).unwrap(),
+    )
+    .unwrap();
+    let request = server
+        .client()
+        .get(server.url("/api/events"))
+        .bearer_auth(es);
+    assert_eq!(open_status(&server, request).await.0, 200);
+
+    // The classic confusion attack: HMAC-sign with the public key as the secret.
+    let public_pem = std::fs::read(&public).unwrap();
+    let swapped = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&public_pem),
+    )
+    .unwrap();
+    let request = server
+        .client()
+        .get(server.url("/api/events"))
+        .bearer_auth(swapped);
+    let (status, body, _) = open_status(&server, request).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_token"))
+    );
+}
+
+#[actix_web::test]
+async fn a_channel_outside_the_token_claim_is_forbidden_and_opens_no_stream() {
+    let server = spawn(&[]).await;
+    let token = user_token("alice", &["news", "team-42.*"]);
+    for (query, expected) in [
+        ("channel=news", 200),
+        ("channel=team-42.alerts", 200),
+        ("channel=team-43.alerts", 403),
+        ("channels=news,secret", 403),
+        ("channel=team-42", 403),
+    ] {
+        let request = server
+            .client()
+            .get(server.url(&format!("/api/events?{query}")))
+            .bearer_auth(&token);
+        let (status, body, _) = open_status(&server, request).await;
+        assert_eq!(status, expected, "{query}: {body}");
+        if expected == 403 {
+            assert_eq!(body["error"], "forbidden");
+        }
+    }
+    let no_claim = token_without_channels("bob");
+    let request = server
+        .client()
+        .get(server.url("/api/events?channel=news"))
+        .bearer_auth(no_claim);
+    assert_eq!(
+        open_status(&server, request).await.0,
+        403,
+        "no claim: no named channels"
+    );
+    server.wait_for_connections(0).await;
+}
+
+fn token_without_channels(sub: &str) -> String {
+    token(json!({"sub": sub, "exp": now() + 60}))
+}
+
+fn base64url(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
