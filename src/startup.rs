@@ -142,6 +142,7 @@ impl Application {
                 .route("/api/stats", web::get().to(routes::health::stats))
                 .route("/metrics", web::get().to(routes::health::metrics))
                 .route("/healthz", web::get().to(routes::health::healthz))
+                .configure(routes::demo::configure)
                 .default_service(web::to(|| async {
                     Err::<HttpResponse, _>(ApiError::NotFound)
                 }))

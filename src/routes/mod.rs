@@ -1,6 +1,7 @@
 //! HTTP endpoints, one file per group. Handlers parse and authorise; they
 //! never touch the Broadcaster's maps, only send it messages.
 
+pub mod demo;
 pub mod events;
 pub mod health;
 pub mod publish;
