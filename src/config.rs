@@ -21,6 +21,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_BATCH: usize = 1000;
 pub const DEFAULT_HISTORY_SIZE: usize = 10_000;
 pub const DEFAULT_HISTORY_MAX_BYTES: usize = 64 * 1024 * 1024;
+pub const DEFAULT_REDIS_STREAM_KEY: &str = "herald:events";
 pub const DEFAULT_SHUTDOWN_DRAIN_SECS: f64 = 2.0;
 /// Descriptors kept free below the open-file limit for listeners, logs, Redis
 /// and the requests that must still be answered 429.
@@ -72,6 +73,8 @@ pub struct Config {
     pub history_max_bytes: usize,
     pub cors_allowed_origins: Vec<String>,
     pub redis_url: Option<String>,
+    /// The Redis stream all nodes of one cluster share.
+    pub redis_stream_key: String,
     pub demo_login: bool,
     /// Streams are ended spread over this window at shutdown.
     pub shutdown_drain: Duration,
@@ -225,6 +228,8 @@ impl Config {
                 })
                 .unwrap_or_default(),
             redis_url: get("REDIS_URL"),
+            redis_stream_key: get("REDIS_STREAM_KEY")
+                .unwrap_or_else(|| DEFAULT_REDIS_STREAM_KEY.into()),
             demo_login,
             shutdown_drain: seconds("SHUTDOWN_DRAIN_SECS", DEFAULT_SHUTDOWN_DRAIN_SECS)?,
         })

@@ -12,7 +12,7 @@ use actix_web::middleware::Logger;
 use actix_web::{http, web, App, HttpResponse, HttpServer};
 
 use crate::auth::{Auth, Verifier};
-use crate::backend::EventBus;
+use crate::backend::{self, EventBus};
 use crate::broadcaster::{Broadcaster, Drain, Limits};
 use crate::config::{open_file_limit, Config};
 use crate::error::ApiError;
@@ -36,6 +36,8 @@ pub struct Shutdown {
     server: ServerHandle,
     broadcaster: Addr<Broadcaster>,
     drain: Duration,
+    /// The shared-flow reader, stopped once the streams are drained.
+    reader: Option<tokio::task::AbortHandle>,
 }
 
 impl Shutdown {
@@ -47,6 +49,9 @@ impl Shutdown {
         // If the actor is already gone there is nothing left to drain.
         let _ = self.broadcaster.send(Drain { window: self.drain }).await;
         stopping.await;
+        if let Some(reader) = &self.reader {
+            reader.abort();
+        }
     }
 }
 
@@ -99,7 +104,23 @@ impl Application {
             metrics.clone(),
         )
         .start();
-        let bus = EventBus::Memory(broadcaster.clone());
+        let (bus, reader) = match &config.redis_url {
+            None => (EventBus::Memory(broadcaster.clone()), None),
+            Some(url) => {
+                let (bus, mut reader) = backend::redis::connect(
+                    url,
+                    &config.redis_stream_key,
+                    config.history_size,
+                    broadcaster.clone(),
+                )
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                if let Err(e) = reader.preload().await {
+                    log::warn!("redis: unreachable at start ({e}); serving streams and catching up when it returns");
+                }
+                let task = actix_web::rt::spawn(reader.run());
+                (EventBus::Redis(bus), Some(task.abort_handle()))
+            }
+        };
         let config = Arc::new(config);
         let state = web::Data::new(AppState {
             config: config.clone(),
@@ -167,6 +188,7 @@ impl Application {
             server: server.handle(),
             broadcaster,
             drain: config.shutdown_drain,
+            reader,
         };
         Ok(Self {
             port,

@@ -4,6 +4,8 @@
 //! Handlers only see [`EventBus`], so a shared flow for many nodes plugs in
 //! here without touching them or the actor.
 
+pub mod redis;
+
 use actix::Addr;
 
 use crate::broadcaster::{Broadcaster, Outgoing, Publish, Published};
@@ -14,6 +16,8 @@ use crate::error::ApiError;
 pub enum EventBus {
     /// One process: ids and history live in the Broadcaster.
     Memory(Addr<Broadcaster>),
+    /// Many processes: ids and history live in a Redis stream.
+    Redis(redis::RedisBus),
 }
 
 impl EventBus {
@@ -24,6 +28,7 @@ impl EventBus {
                 .send(Publish { events })
                 .await
                 .map_err(|_| ApiError::Unavailable("the server is shutting down".into())),
+            Self::Redis(bus) => bus.publish(events).await,
         }
     }
 
@@ -32,6 +37,7 @@ impl EventBus {
         match self {
             Self::Memory(broadcaster) if broadcaster.connected() => Ok(()),
             Self::Memory(_) => Err("the broadcaster has stopped".into()),
+            Self::Redis(bus) => bus.healthy().await,
         }
     }
 }

@@ -134,6 +134,21 @@ pub struct Deliver {
     pub events: Vec<Stamped>,
 }
 
+/// Fills history with events that came before this node started, without
+/// delivering them (a shared flow's retained events).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Preload {
+    pub events: Vec<Stamped>,
+}
+
+/// How many streams each audience would reach on this node now.
+#[derive(Message)]
+#[rtype(result = "Vec<usize>")]
+pub struct CountRecipients {
+    pub audiences: Vec<Audience>,
+}
+
 /// Asks for the current counts.
 #[derive(Message)]
 #[rtype(result = "Snapshot")]
@@ -202,6 +217,9 @@ pub struct Broadcaster {
     epoch: u64,
     /// The next sequence number to assign (in-memory event flow).
     next_seq: u64,
+    /// The newest id delivered or preloaded; a shared flow may repeat an
+    /// event after a reconnect, and anything not newer is ignored.
+    newest: Option<EventId>,
     /// Counter of fan-out passes, for once-only delivery of unions.
     pass: u64,
     limits: Limits,
@@ -223,6 +241,7 @@ impl Broadcaster {
             history: history::History::new(limits.history_size, limits.history_max_bytes),
             epoch: new_epoch(),
             next_seq: 1,
+            newest: None,
             pass: 0,
             limits,
             heartbeat: Bytes::from_static(sse::HEARTBEAT),
@@ -253,56 +272,74 @@ impl Broadcaster {
         }
     }
 
+    /// Calls `visit` once for every stream `audience` reaches, even when a
+    /// stream matches it several ways.
+    fn each_recipient(&mut self, audience: &Audience, mut visit: impl FnMut(ClientId, &Client)) {
+        self.pass += 1;
+        let pass = self.pass;
+        let Self {
+            clients,
+            users,
+            channels,
+            ..
+        } = self;
+        let mut once = |id: ClientId, client: &mut Client| {
+            if client.last_pass != pass {
+                client.last_pass = pass;
+                visit(id, client);
+            }
+        };
+        match audience {
+            Audience::Everyone => {
+                for (id, client) in clients.iter_mut() {
+                    once(*id, client);
+                }
+            }
+            Audience::Targets {
+                users: target_users,
+                channels: target_channels,
+            } => {
+                let targeted = target_users
+                    .iter()
+                    .filter_map(|user| users.get(user))
+                    .flat_map(|streams| streams.iter())
+                    .chain(
+                        target_channels
+                            .iter()
+                            .filter_map(|channel| channels.get(channel))
+                            .flat_map(|subscribers| subscribers.iter()),
+                    );
+                for id in targeted {
+                    if let Some(client) = clients.get_mut(id) {
+                        once(*id, client);
+                    }
+                }
+            }
+        }
+    }
+
     /// Queues one event on every matching stream; returns how many took it.
     fn deliver(&mut self, id: EventId, event: &Outgoing) -> usize {
+        self.newest = Some(id);
         let frame = sse::event(Some(&id.to_string()), event.name.as_str(), &event.data);
         self.metrics
             .events_published
             .fetch_add(1, Ordering::Relaxed);
-        self.pass += 1;
-        let pass = self.pass;
+        let metrics = self.metrics.clone();
         let mut recipients = 0;
         let mut gone = Vec::new();
-        let mut offer = |client_id: ClientId, client: &mut Client| {
-            if client.last_pass == pass {
-                return;
-            }
-            client.last_pass = pass;
+        self.each_recipient(&event.audience, |client_id, client| {
             match client.outbox.push_event(&frame) {
                 Push::Queued => recipients += 1,
                 Push::Closed => gone.push(client_id),
                 Push::Overflowed => {
-                    self.metrics
+                    metrics
                         .slow_client_disconnects
                         .fetch_add(1, Ordering::Relaxed);
                     gone.push(client_id);
                 }
             }
-        };
-        match &event.audience {
-            Audience::Everyone => {
-                for (client_id, client) in self.clients.iter_mut() {
-                    offer(*client_id, client);
-                }
-            }
-            Audience::Targets { users, channels } => {
-                let targeted = users
-                    .iter()
-                    .filter_map(|user| self.users.get(user))
-                    .flat_map(|streams| streams.iter())
-                    .chain(
-                        channels
-                            .iter()
-                            .filter_map(|channel| self.channels.get(channel))
-                            .flat_map(|subscribers| subscribers.iter()),
-                    );
-                for client_id in targeted {
-                    if let Some(client) = self.clients.get_mut(client_id) {
-                        offer(*client_id, client);
-                    }
-                }
-            }
-        }
+        });
         for client_id in gone {
             self.remove(client_id);
         }
@@ -465,15 +502,60 @@ impl Handler<Deliver> for Broadcaster {
     type Result = MessageResult<Deliver>;
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) -> Self::Result {
-        let published = msg
-            .events
-            .iter()
-            .map(|stamped| Published {
+        let mut published = Vec::with_capacity(msg.events.len());
+        for stamped in &msg.events {
+            if self.newest.is_some_and(|newest| stamped.id <= newest) {
+                continue; // already delivered before a reconnect of the flow
+            }
+            let recipients = self.deliver(stamped.id, &stamped.event);
+            published.push(Published {
                 id: stamped.id.to_string(),
-                recipients: self.deliver(stamped.id, &stamped.event),
+                recipients,
+            });
+        }
+        MessageResult(published)
+    }
+}
+
+impl Handler<Preload> for Broadcaster {
+    type Result = ();
+
+    fn handle(&mut self, msg: Preload, _: &mut Context<Self>) {
+        for stamped in msg.events {
+            if self.newest.is_some_and(|newest| stamped.id <= newest) {
+                continue;
+            }
+            self.newest = Some(stamped.id);
+            let frame = sse::event(
+                Some(&stamped.id.to_string()),
+                stamped.event.name.as_str(),
+                &stamped.event.data,
+            );
+            self.history.push(Retained {
+                id: stamped.id,
+                audience: stamped.event.audience,
+                frame,
+            });
+        }
+    }
+}
+
+impl Handler<CountRecipients> for Broadcaster {
+    type Result = MessageResult<CountRecipients>;
+
+    fn handle(&mut self, msg: CountRecipients, _: &mut Context<Self>) -> Self::Result {
+        let counts = msg
+            .audiences
+            .iter()
+            .map(|audience| {
+                let mut count = 0;
+                self.each_recipient(audience, |_, client| {
+                    count += usize::from(client.outbox.is_open())
+                });
+                count
             })
             .collect();
-        MessageResult(published)
+        MessageResult(counts)
     }
 }
 
