@@ -1,5 +1,6 @@
 //! Herald's integration tests: a real server on a random port, real HTTP.
 
+mod browser;
 mod cluster;
 mod helpers;
 mod limits;
