@@ -256,6 +256,137 @@ async fn joining_a_channel_shows_its_events_without_losing_or_repeating_any() {
     browser.close().await;
 }
 
+/// Stops the page's node and starts a new one on the same port, returning it
+/// once the page has seen its stream go down (reconnecting).
+async fn restart_on_same_port(
+    browser: &Browser,
+    node: TestServer,
+    pairs: &[(&str, &str)],
+) -> TestServer {
+    let port = node.port.to_string();
+    node.stop().await;
+    browser
+        .wait_for("the reconnecting state", "#state", |state| state != "open")
+        .await;
+    let mut pairs = pairs.to_vec();
+    pairs.push(("PORT", &port));
+    spawn(&pairs).await
+}
+
+#[actix_web::test]
+async fn after_its_node_restarts_the_page_shows_events_sent_through_the_other_node_exactly_once() {
+    let Some(redis) = crate::cluster::Redis::start() else {
+        return;
+    };
+    let Some(browser) = Browser::start(
+        "after_its_node_restarts_the_page_shows_events_sent_through_the_other_node_exactly_once",
+    )
+    .await
+    else {
+        return;
+    };
+    let url = redis.url();
+    let pairs = [
+        ("DEMO_LOGIN", "true"),
+        ("REDIS_URL", url.as_str()),
+        ("SSE_RETRY_TIMEOUT", "200"),
+        ("SHUTDOWN_DRAIN_SECS", "0.1"),
+    ];
+    let page_node = spawn(&pairs).await;
+    let other_node = spawn(&pairs).await;
+    browser.sign_in(&page_node, "erin", false).await;
+    browser.wait_until_connected().await;
+    let before = other_node
+        .send(json!({"event": "update", "user": "erin", "data": "before"}))
+        .await;
+    browser
+        .wait_for_element(&format!(
+            "#events li[data-id=\"{}\"]",
+            before["id"].as_str().unwrap()
+        ))
+        .await;
+
+    let page_node = restart_on_same_port(&browser, page_node, &pairs).await;
+    let mut meanwhile = Vec::new();
+    for n in 0..3 {
+        let answer = other_node
+            .send(json!({"event": "update", "user": "erin", "data": n}))
+            .await;
+        meanwhile.push(answer["id"].as_str().unwrap().to_owned());
+    }
+    browser
+        .wait_for("the stream open again", "#state", |state| state == "open")
+        .await;
+    browser
+        .wait_for("four events", "#event-count", |count| count == "4")
+        .await;
+    for id in &meanwhile {
+        let shown = browser.run(
+            "return document.querySelectorAll(`#events li[data-id=\"${arguments[0]}\"]`).length;",
+            json!([id]),
+        );
+        assert_eq!(shown.await, json!(1), "event {id} shown exactly once");
+    }
+    assert_eq!(browser.text("#stream-replayed").await, "3");
+    assert!(!browser
+        .run(
+            "return document.getElementById('missed').hidden;",
+            json!([])
+        )
+        .await
+        .is_null());
+    assert_eq!(
+        browser
+            .run(
+                "return document.getElementById('missed').hidden;",
+                json!([])
+            )
+            .await,
+        json!(true),
+        "with Redis nothing was missed"
+    );
+    drop(page_node);
+    browser.close().await;
+}
+
+#[actix_web::test]
+async fn after_an_in_memory_restart_the_page_says_events_may_have_been_missed() {
+    let Some(browser) =
+        Browser::start("after_an_in_memory_restart_the_page_says_events_may_have_been_missed")
+            .await
+    else {
+        return;
+    };
+    let pairs = [
+        ("DEMO_LOGIN", "true"),
+        ("SSE_RETRY_TIMEOUT", "200"),
+        ("SHUTDOWN_DRAIN_SECS", "0.1"),
+    ];
+    let server = spawn(&pairs).await;
+    browser.sign_in(&server, "frank", false).await;
+    browser.wait_until_connected().await;
+    let first = server
+        .send(json!({"event": "update", "user": "frank", "data": 1}))
+        .await;
+    browser
+        .wait_for_element(&format!(
+            "#events li[data-id=\"{}\"]",
+            first["id"].as_str().unwrap()
+        ))
+        .await;
+    let server = restart_on_same_port(&browser, server, &pairs).await;
+    browser
+        .wait_for("the stream open again", "#state", |state| state == "open")
+        .await;
+    browser.wait_for_element("#missed:not([hidden])").await;
+    assert!(browser
+        .text("#missed")
+        .await
+        .contains("may have been missed"));
+    drop(server);
+    browser.close().await;
+}
+
 #[actix_web::test]
 async fn an_expired_token_closes_the_stream_and_says_so() {
     let server = spawn(&[("DEMO_LOGIN", "true")]).await;
