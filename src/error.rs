@@ -14,10 +14,13 @@ pub enum ApiError {
     Forbidden(String),
     BadRequest(String),
     NotFound,
+    MethodNotAllowed,
     PayloadTooLarge(usize),
     UnsupportedMediaType,
     TooManyConnections(String),
     Unavailable(String),
+    /// A fault of the server's own; the cause goes to the log, not the client.
+    Internal(String),
 }
 
 #[derive(Serialize)]
@@ -35,10 +38,12 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::BadRequest(_) => "bad_request",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::TooManyConnections(_) => "too_many_connections",
             Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal_error",
         }
     }
 
@@ -54,6 +59,8 @@ impl ApiError {
                 "the body must be sent as Content-Type: application/json".into()
             }
             Self::NotFound => "no such resource".into(),
+            Self::MethodNotAllowed => "this path does not take that method".into(),
+            Self::Internal(_) => "the server failed; the cause is in its log".into(),
             Self::Forbidden(message)
             | Self::BadRequest(message)
             | Self::TooManyConnections(message)
@@ -77,14 +84,19 @@ impl ResponseError for ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
+        if let Self::Internal(cause) = self {
+            log::error!("internal error: {cause}");
+        }
         let message = self.message();
         let mut response = HttpResponse::build(self.status_code());
         if self.status_code() == StatusCode::UNAUTHORIZED {

@@ -158,11 +158,26 @@ impl Application {
                             format!("{} {}", req.method(), redact_uri(req.uri()))
                         }),
                 )
-                .route("/api/events", web::get().to(routes::events::subscribe))
-                .route("/api/send", web::post().to(routes::publish::send))
-                .route("/api/stats", web::get().to(routes::health::stats))
-                .route("/metrics", web::get().to(routes::health::metrics))
-                .route("/healthz", web::get().to(routes::health::healthz))
+                .service(routes::endpoint(
+                    "/api/events",
+                    web::get().to(routes::events::subscribe),
+                ))
+                .service(routes::endpoint(
+                    "/api/send",
+                    web::post().to(routes::publish::send),
+                ))
+                .service(routes::endpoint(
+                    "/api/stats",
+                    web::get().to(routes::health::stats),
+                ))
+                .service(routes::endpoint(
+                    "/metrics",
+                    web::get().to(routes::health::metrics),
+                ))
+                .service(routes::endpoint(
+                    "/healthz",
+                    web::get().to(routes::health::healthz),
+                ))
                 .configure(routes::demo::configure)
                 .default_service(web::to(|| async {
                     Err::<HttpResponse, _>(ApiError::NotFound)

@@ -15,7 +15,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use askama::Template;
 use serde::Deserialize;
 
-use super::AppState;
+use super::{endpoint, AppState};
 use crate::auth::{origin_is_trusted, Auth, Identity, TokenSource};
 use crate::domain::UserId;
 use crate::error::ApiError;
@@ -39,11 +39,11 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
 
 /// Registers the demo page's routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(page))
-        .route("/demo/login", web::post().to(login))
-        .route("/demo/logout", web::post().to(logout))
-        .route("/demo/demo.js", web::get().to(script))
-        .route("/demo/demo.css", web::get().to(stylesheet));
+    cfg.service(endpoint("/", web::get().to(page)))
+        .service(endpoint("/demo/login", web::post().to(login)))
+        .service(endpoint("/demo/logout", web::post().to(logout)))
+        .service(endpoint("/demo/demo.js", web::get().to(script)))
+        .service(endpoint("/demo/demo.css", web::get().to(stylesheet)));
 }
 
 /// The demo page. Askama escapes every value written into it.
@@ -93,10 +93,7 @@ async fn page(
         cookie_name,
     }
     .render()
-    .map_err(|e| {
-        log::error!("the demo page could not be rendered: {e}");
-        ApiError::Unavailable("the demo page could not be rendered".into())
-    })?;
+    .map_err(|e| ApiError::Internal(format!("the demo page could not be rendered: {e}")))?;
     Ok(HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         // The page shows who is signed in: never let a cache keep it.

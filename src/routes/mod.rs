@@ -9,6 +9,7 @@ pub mod publish;
 use std::sync::Arc;
 
 use actix::Addr;
+use actix_web::{web, HttpResponse};
 
 use crate::backend::EventBus;
 use crate::broadcaster::Broadcaster;
@@ -26,3 +27,12 @@ pub struct AppState {
 /// The connection's socket descriptor, recorded when the connection opens.
 #[derive(Clone, Copy, Debug)]
 pub struct SocketFd(pub std::os::fd::RawFd);
+
+/// A path served by one route, answering the JSON 405 for other methods.
+pub fn endpoint(path: &str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(|| async {
+            Err::<HttpResponse, _>(crate::error::ApiError::MethodNotAllowed)
+        }))
+}

@@ -256,20 +256,21 @@ async fn joining_a_channel_shows_its_events_without_losing_or_repeating_any() {
     browser.close().await;
 }
 
-/// Stops the page's node and starts a new one on the same port, returning it
-/// once the page has seen its stream go down (reconnecting).
-async fn restart_on_same_port(
-    browser: &Browser,
-    node: TestServer,
-    pairs: &[(&str, &str)],
-) -> TestServer {
+/// Stops the page's node and returns its port once the page has seen its
+/// stream go down (reconnecting).
+async fn stop_page_node(browser: &Browser, node: TestServer) -> String {
     let port = node.port.to_string();
     node.stop().await;
     browser
         .wait_for("the reconnecting state", "#state", |state| state != "open")
         .await;
+    port
+}
+
+/// Starts a node on `port` with `pairs`.
+async fn start_on(port: &str, pairs: &[(&str, &str)]) -> TestServer {
     let mut pairs = pairs.to_vec();
-    pairs.push(("PORT", &port));
+    pairs.push(("PORT", port));
     spawn(&pairs).await
 }
 
@@ -306,7 +307,7 @@ async fn after_its_node_restarts_the_page_shows_events_sent_through_the_other_no
         ))
         .await;
 
-    let page_node = restart_on_same_port(&browser, page_node, &pairs).await;
+    let port = stop_page_node(&browser, page_node).await;
     let mut meanwhile = Vec::new();
     for n in 0..3 {
         let answer = other_node
@@ -314,6 +315,7 @@ async fn after_its_node_restarts_the_page_shows_events_sent_through_the_other_no
             .await;
         meanwhile.push(answer["id"].as_str().unwrap().to_owned());
     }
+    let page_node = start_on(&port, &pairs).await;
     browser
         .wait_for("the stream open again", "#state", |state| state == "open")
         .await;
@@ -367,7 +369,8 @@ async fn after_an_in_memory_restart_the_page_says_events_may_have_been_missed() 
             first["id"].as_str().unwrap()
         ))
         .await;
-    let server = restart_on_same_port(&browser, server, &pairs).await;
+    let port = stop_page_node(&browser, server).await;
+    let server = start_on(&port, &pairs).await;
     browser
         .wait_for("the stream open again", "#state", |state| state == "open")
         .await;

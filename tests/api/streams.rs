@@ -284,3 +284,22 @@ async fn stats_need_an_admin_token() {
         "forbidden"
     );
 }
+
+#[actix_web::test]
+async fn a_wrong_method_on_a_known_path_gets_a_json_405() {
+    let server = spawn(&[]).await;
+    for (method, path) in [
+        ("GET", "/api/send"),
+        ("POST", "/api/events"),
+        ("DELETE", "/api/stats"),
+        ("POST", "/healthz"),
+    ] {
+        let request = server
+            .client()
+            .request(method.parse().unwrap(), server.url(path));
+        let mut response = request.send().await.unwrap();
+        assert_eq!(response.status(), 405, "{method} {path}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "method_not_allowed", "{method} {path}");
+    }
+}
