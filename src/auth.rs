@@ -70,6 +70,9 @@ pub struct Verifier {
     validation: Validation,
     /// Key and header used by `herald token` and the demo login.
     signer: Option<(EncodingKey, Header)>,
+    /// `aud` and `iss` written into minted tokens (the configured ones).
+    audience: Option<String>,
+    issuer: Option<String>,
 }
 
 impl Verifier {
@@ -165,6 +168,8 @@ impl Verifier {
             key,
             validation,
             signer: signer.map(|key| (key, Header::new(algorithm))),
+            audience: config.audience.clone(),
+            issuer: config.issuer.clone(),
         })
     }
 
@@ -215,8 +220,6 @@ impl Verifier {
         admin: bool,
         channels: &[String],
         ttl_secs: u64,
-        audience: Option<&str>,
-        issuer: Option<&str>,
     ) -> Result<String, String> {
         let (key, header) = self
             .signer
@@ -232,8 +235,8 @@ impl Verifier {
             exp: (now + ttl_secs) as f64,
             nbf: None,
             iat: Some(now),
-            aud: audience.map(|aud| serde_json::Value::String(aud.to_owned())),
-            iss: issuer.map(str::to_owned),
+            aud: self.audience.clone().map(serde_json::Value::String),
+            iss: self.issuer.clone(),
             roles: if admin {
                 vec![ADMIN_ROLE.to_owned()]
             } else {
@@ -258,8 +261,6 @@ pub struct Auth {
     pub cookie_name: String,
     /// Origins besides the server's own that may use cookie auth on writes.
     pub allowed_origins: Vec<String>,
-    pub audience: Option<String>,
-    pub issuer: Option<String>,
 }
 
 /// Finds the token: `Authorization: Bearer`, then the cookie, then `?token=`.

@@ -40,14 +40,7 @@ fn token(sub: &str, admin: bool, channels: &[String], ttl: u64) -> Result<(), St
         );
     }
     let verifier = Verifier::new(&config.jwt, None)?;
-    let token = verifier.mint(
-        sub,
-        admin,
-        channels,
-        ttl,
-        config.jwt.audience.as_deref(),
-        config.jwt.issuer.as_deref(),
-    )?;
+    let token = verifier.mint(sub, admin, channels, ttl)?;
     println!("{token}");
     Ok(())
 }

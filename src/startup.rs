@@ -89,8 +89,6 @@ impl Application {
             verifier,
             cookie_name: config.auth_cookie_name.clone(),
             allowed_origins: config.cors_allowed_origins.clone(),
-            audience: config.jwt.audience.clone(),
-            issuer: config.jwt.issuer.clone(),
         });
         let metrics = Arc::new(Metrics::default());
         let broadcaster = Broadcaster::new(
@@ -231,14 +229,7 @@ impl Application {
         channels: &[String],
         ttl_secs: u64,
     ) -> Result<String, String> {
-        self.auth.verifier.mint(
-            sub,
-            admin,
-            channels,
-            ttl_secs,
-            self.auth.audience.as_deref(),
-            self.auth.issuer.as_deref(),
-        )
+        self.auth.verifier.mint(sub, admin, channels, ttl_secs)
     }
 
     /// Serves until stopped through a [`Shutdown`] handle.
