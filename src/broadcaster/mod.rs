@@ -9,7 +9,7 @@
 mod history;
 mod outbox;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::sse;
 
 /// A stream's identity, reported to the client as `client_id`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId(pub uuid::Uuid);
 
 impl ClientId {
@@ -48,6 +48,8 @@ pub struct Limits {
 /// One open stream as the Broadcaster sees it.
 struct Client {
     user: UserId,
+    /// The token's `exp` (seconds since the Unix epoch).
+    expires_at: u64,
     channels: Box<[Channel]>,
     outbox: Arc<Outbox>,
     /// The fan-out pass that last delivered to this client, so a client that
@@ -110,6 +112,8 @@ pub struct Connect {
     pub channels: Vec<Channel>,
     /// The raw `Last-Event-ID`, if the client sent one.
     pub last_event_id: Option<String>,
+    /// The token's `exp`: the stream gets `token-expired` and ends then.
+    pub expires_at: u64,
     pub outbox: Arc<Outbox>,
 }
 
@@ -198,6 +202,9 @@ fn new_epoch() -> u64 {
     }
 }
 
+/// How often streams whose token expired are ended (the precision of expiry).
+const EXPIRY_TICK: Duration = Duration::from_secs(1);
+
 /// Messages that may wait in the Broadcaster's mailbox before `send` waits.
 const MAILBOX_CAPACITY: usize = 1 << 16;
 
@@ -220,6 +227,10 @@ pub struct Broadcaster {
     /// The newest id delivered or preloaded; a shared flow may repeat an
     /// event after a reconnect, and anything not newer is ignored.
     newest: Option<EventId>,
+    /// Every stream by its token's expiry, soonest first; one timer for all.
+    expiries: BTreeSet<(u64, ClientId)>,
+    /// The `token-expired` frame, encoded once.
+    token_expired: Bytes,
     /// Counter of fan-out passes, for once-only delivery of unions.
     pass: u64,
     limits: Limits,
@@ -242,6 +253,12 @@ impl Broadcaster {
             epoch: new_epoch(),
             next_seq: 1,
             newest: None,
+            expiries: BTreeSet::new(),
+            token_expired: sse::event(
+                None,
+                "token-expired",
+                r#"{"reason":"the token has expired; reconnect with a new one"}"#,
+            ),
             pass: 0,
             limits,
             heartbeat: Bytes::from_static(sse::HEARTBEAT),
@@ -256,6 +273,7 @@ impl Broadcaster {
             return;
         };
         client.outbox.finish();
+        self.expiries.remove(&(client.expires_at, id));
         if let Some(streams) = self.users.get_mut(&client.user) {
             streams.retain(|other| *other != id);
             if streams.is_empty() {
@@ -351,6 +369,24 @@ impl Broadcaster {
         recipients
     }
 
+    /// Ends every stream whose token has expired, after a `token-expired` event.
+    fn expire(&mut self) {
+        let now = crate::auth::unix_now();
+        while let Some(&(expires_at, id)) = self.expiries.first() {
+            if expires_at > now {
+                break;
+            }
+            if let Some(client) = self.clients.get(&id) {
+                client
+                    .outbox
+                    .push_unbounded(self.token_expired.clone(), false);
+            }
+            // Removes the expiry too; a stale entry (already gone) is dropped here.
+            self.remove(id);
+            self.expiries.remove(&(expires_at, id));
+        }
+    }
+
     fn beat(&mut self) {
         let gone: Vec<ClientId> = self
             .clients
@@ -386,6 +422,7 @@ impl Actor for Broadcaster {
         // back on handlers; `send` waits once this many are pending.
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         ctx.run_interval(self.limits.heartbeat_interval, |actor, _| actor.beat());
+        ctx.run_interval(EXPIRY_TICK, |actor, _| actor.expire());
     }
 }
 
@@ -450,10 +487,12 @@ impl Handler<Connect> for Broadcaster {
                 .or_default()
                 .insert(msg.id);
         }
+        self.expiries.insert((msg.expires_at, msg.id));
         self.clients.insert(
             msg.id,
             Client {
                 user: msg.user,
+                expires_at: msg.expires_at,
                 channels: msg.channels.into(),
                 outbox: msg.outbox,
                 last_pass: 0,

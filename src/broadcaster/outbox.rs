@@ -10,19 +10,15 @@
 //! what it missed.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use tokio::time::{Instant, Sleep};
 
-use crate::auth::unix_now;
 use crate::metrics::Metrics;
 
 /// Why a stream is ending.
@@ -169,71 +165,54 @@ impl Outbox {
     }
 }
 
-/// What the body sends when the token expires, before it ends.
-fn token_expired_frame() -> Bytes {
-    crate::sse::event(
-        None,
-        "token-expired",
-        r#"{"reason":"the token has expired; reconnect with a new one"}"#,
-    )
-}
+/// After a burst, a queue keeps at most this many slots allocated.
+const RETAINED_QUEUE_CAPACITY: usize = 16;
 
 /// The response body of one SSE stream.
 pub struct ClientStream {
     outbox: Arc<Outbox>,
     /// `retry:` and anything else to write before the queue.
     preamble: Option<Bytes>,
-    /// Fires at the token's `exp`.
-    expiry: Pin<Box<Sleep>>,
-    expires_at: u64,
     done: bool,
     metrics: Arc<Metrics>,
     /// Tells the Broadcaster the stream is gone when this body is dropped.
     _on_drop: Box<dyn Send>,
 }
 
-/// Longest single timer; a longer wait re-arms when it fires.
-const MAX_TIMER: Duration = Duration::from_secs(24 * 3600);
-
-fn until(expires_at: u64) -> Instant {
-    let now = unix_now();
-    Instant::now() + Duration::from_secs(expires_at.saturating_sub(now)).min(MAX_TIMER)
-}
-
 impl ClientStream {
     pub fn new(
         outbox: Arc<Outbox>,
         preamble: Bytes,
-        expires_at: u64,
         metrics: Arc<Metrics>,
         on_drop: Box<dyn Send>,
     ) -> Self {
         Self {
             outbox,
             preamble: Some(preamble),
-            expiry: Box::pin(tokio::time::sleep_until(until(expires_at))),
-            expires_at,
             done: false,
             metrics,
             _on_drop: on_drop,
         }
     }
 
+    /// Everything queued, as one chunk (one write), and how many events it holds.
+    /// The queue keeps its allocation for the next event unless a burst grew it.
     fn take_queue(state: &mut State) -> (Option<Bytes>, usize) {
         let events = std::mem::take(&mut state.queued_events);
-        let frames = std::mem::take(&mut state.queue);
-        let bytes = match frames.len() {
+        let bytes = match state.queue.len() {
             0 => None,
-            1 => frames.into_iter().next(),
+            1 => state.queue.pop_front(),
             _ => {
-                // Several frames waiting: one chunk, one write.
-                let mut joined = BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
-                for frame in &frames {
-                    joined.extend_from_slice(frame);
+                let mut joined = BytesMut::with_capacity(state.queue.iter().map(Bytes::len).sum());
+                for frame in state.queue.drain(..) {
+                    joined.extend_from_slice(&frame);
                 }
                 Some(joined.freeze())
             }
         };
+        if state.queue.capacity() > RETAINED_QUEUE_CAPACITY {
+            state.queue = VecDeque::new();
+        }
         (bytes, events)
     }
 }
@@ -249,28 +228,17 @@ impl Stream for ClientStream {
         if this.done {
             return Poll::Ready(None);
         }
-        let mut expired = false;
-        if this.expiry.as_mut().poll(cx).is_ready() {
-            if unix_now() >= this.expires_at {
-                expired = true;
-            } else {
-                let deadline = until(this.expires_at);
-                this.expiry.as_mut().reset(deadline);
-                let _ = this.expiry.as_mut().poll(cx); // registers the waker; cannot be ready yet
-            }
-        }
-
         let mut state = this.outbox.lock();
         if state.ending == Some(Ending::Overflow) {
             this.done = true;
             return Poll::Ready(None);
         }
-        if expired {
-            state.ending.get_or_insert(Ending::Finish);
-        }
         let (bytes, events) = Self::take_queue(&mut state);
-        let ending = state.ending;
-        if bytes.is_none() && ending.is_none() {
+        if bytes.is_none() {
+            if state.ending.is_some() {
+                this.done = true;
+                return Poll::Ready(None);
+            }
             match &state.waker {
                 Some(waker) if waker.will_wake(cx.waker()) => {}
                 _ => state.waker = Some(cx.waker().clone()),
@@ -283,22 +251,7 @@ impl Stream for ClientStream {
                 .events_delivered
                 .fetch_add(events as u64, Ordering::Relaxed);
         }
-        if expired {
-            this.done = true;
-            let mut out = BytesMut::new();
-            if let Some(bytes) = bytes {
-                out.extend_from_slice(&bytes);
-            }
-            out.extend_from_slice(&token_expired_frame());
-            return Poll::Ready(Some(Ok(out.freeze())));
-        }
-        match bytes {
-            Some(bytes) => Poll::Ready(Some(Ok(bytes))),
-            None => {
-                this.done = true;
-                Poll::Ready(None)
-            }
-        }
+        Poll::Ready(bytes.map(Ok))
     }
 }
 

@@ -93,6 +93,7 @@ pub async fn subscribe(
         user: identity.user.clone(),
         channels,
         last_event_id,
+        expires_at: identity.expires_at,
         outbox: outbox.clone(),
     };
     let preamble = sse::retry(state.config.sse_retry_ms);
@@ -108,7 +109,6 @@ pub async fn subscribe(
             let body = ClientStream::new(
                 outbox,
                 preamble,
-                identity.expires_at,
                 state.metrics.clone(),
                 Box::new(registration),
             );
