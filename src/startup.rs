@@ -1,6 +1,5 @@
 //! `Application`: binds the listener, starts the Broadcaster, serves, stops.
 
-use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +7,7 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::middleware::Logger;
+use actix_web::middleware::{Condition, Logger};
 use actix_web::{http, web, App, HttpResponse, HttpServer};
 
 use crate::auth::{Auth, Verifier};
@@ -127,14 +126,14 @@ impl Application {
             metrics,
         });
 
-        let listener = TcpListener::bind((config.host.as_str(), config.port))?;
-        let port = listener.local_addr()?.port();
         // Connections accepted in all: below the open-file limit, above
         // MAX_CONNECTIONS, so a request past the stream limit still gets its 429.
         let accept_limit = open_file_limit().saturating_sub(128).max(64);
         let per_worker = accept_limit.div_ceil(config.workers);
         let app_auth = auth.clone();
         let origins = config.cors_allowed_origins.clone();
+        let access_log =
+            log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info);
         let server = HttpServer::new(move || {
             let cors = origins.iter().fold(
                 Cors::default()
@@ -150,12 +149,15 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(app_auth.clone())
                 .wrap(cors)
-                .wrap(
+                // Mounted only when its lines would be written: it formats every
+                // request and wraps every stream's body, which costs CPU and memory.
+                .wrap(Condition::new(
+                    access_log,
                     Logger::new("%{r}a \"%{uri}xi\" %s %b %Dms")
                         .custom_request_replace("uri", |req| {
                             format!("{} {}", req.method(), redact_uri(req.uri()))
                         }),
-                )
+                ))
                 .service(routes::endpoint(
                     "/api/events",
                     web::get().to(routes::events::subscribe),
@@ -194,8 +196,14 @@ impl Application {
         })
         .disable_signals()
         .shutdown_timeout(config.shutdown_drain.as_secs() + SHUTDOWN_GRACE_SECS)
-        .listen(listener)?
-        .run();
+        // `bind` (not a std listener) so that the backlog above applies: a
+        // burst of reconnects must not overflow the kernel's default of 128.
+        .bind((config.host.as_str(), config.port))?;
+        let port = server
+            .addrs()
+            .first()
+            .map_or(config.port, |address| address.port());
+        let server = server.run();
 
         let shutdown = Shutdown {
             server: server.handle(),

@@ -103,6 +103,16 @@ pub struct Connected {
     pub recovered: bool,
 }
 
+/// The data of the `connected` event that opens every stream.
+#[derive(Serialize)]
+struct ConnectedEvent<'a> {
+    client_id: uuid::Uuid,
+    user: &'a str,
+    channels: Vec<&'a str>,
+    replayed: usize,
+    recovered: bool,
+}
+
 /// Registers a stream, queueing `connected` and any replay before live events.
 #[derive(Message)]
 #[rtype(result = "Result<Connected, ConnectError>")]
@@ -466,15 +476,17 @@ impl Handler<Connect> for Broadcaster {
             ),
             None => (Vec::new(), true),
         };
-        let connected = serde_json::json!({
-            "client_id": msg.id.0.to_string(),
-            "user": msg.user.as_str(),
-            "channels": msg.channels.iter().map(Channel::as_str).collect::<Vec<_>>(),
-            "replayed": replay.len(),
-            "recovered": recovered,
-        });
+        let connected = ConnectedEvent {
+            client_id: msg.id.0,
+            user: msg.user.as_str(),
+            channels: msg.channels.iter().map(Channel::as_str).collect(),
+            replayed: replay.len(),
+            recovered,
+        };
+        // Serialising plain fields cannot fail.
+        let connected = serde_json::to_string(&connected).unwrap_or_default();
         msg.outbox
-            .push_unbounded(sse::event(None, "connected", &connected.to_string()), false);
+            .push_unbounded(sse::event(None, "connected", &connected), false);
         let replayed = replay.len();
         for frame in replay {
             msg.outbox.push_unbounded(frame, true);
