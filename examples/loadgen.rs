@@ -1,0 +1,2699 @@
+//! `loadgen`: Herald's load generator and benchmark.
+//!
+//! It opens many authenticated SSE subscriptions over raw TCP sockets,
+//! publishes events through `POST /api/send`, and prints one JSON report on
+//! stdout: connections established and the connect rate, deliveries expected
+//! and received (loss), deliveries per second, end-to-end latency, the
+//! server's CPU time per delivery and resident memory per connection, and the
+//! tool's own CPU use over the same windows, so a reader can tell when the
+//! tool rather than the server was the limit. Progress goes to stderr.
+//!
+//! # Running it
+//!
+//! ```sh
+//! cargo build --release
+//! cargo run --release --example loadgen -- --server target/release/herald --scenario 1
+//! ```
+//!
+//! With `--server`, the tool starts that binary for each run under
+//! `taskset -c 0` (`--server-core`) with `PORT=0`, a benchmark `JWT_SECRET`
+//! and `RUST_LOG=warn,herald=info` (extra settings with `--server-env KEY=VALUE`),
+//! pins itself and its child processes to core 1 (`--tool-core`), and stops
+//! the server at the end. Without `--server`, point it at a running server with
+//! `--port` (and `--server-pid` for the CPU and memory figures); that server's
+//! `JWT_SECRET` must be in the environment.
+//!
+//! | Scenario        | What it does |
+//! |-----------------|--------------|
+//! | `--scenario 1`  | 1,000 subscribers, 200 global events at 50/s: latency, server CPU per delivery |
+//! | `--scenario 2`  | 10,000 subscribers, 200 global events as fast as `--publishers` (4) requests allow: throughput |
+//! | `--scenario 3`  | 1,000 users with one stream each, 2,000 events each to one user, round robin |
+//! | `--scenario 4`  | 10,000 idle streams (memory per connection); then, on a fresh server with `HEARTBEAT_INTERVAL=1`, 19,000 streams held for 5 s, checking every one keeps receiving heartbeats and none is dropped |
+//! | `--scenario 5`  | connect rate of 10,000 streams, each with its own user and token (one JWT verification each) |
+//!
+//! Without `--scenario`, one custom run: for example
+//! `--connections 2000 --events 100 --rate 20 --target users --heartbeat-watch 5`.
+//! Every run is bounded by `--timeout` (120 s).
+//!
+//! # How it works
+//!
+//! The tool runs on one thread (a current-thread tokio runtime) per process.
+//! Subscriptions live in child processes ("shards", the same executable
+//! started with a hidden `--shard <plan>` argument), at most `--per-process`
+//! connections each, because one process may hold at most 20,000 open files
+//! and that limit cannot be raised. Each subscription binds its own source
+//! address among 127.0.0.2 … 127.0.0.(1 + `--source-addresses`), so the
+//! ephemeral ports of one address are never exhausted, writes its HTTP/1.1
+//! request by hand, de-chunks the chunked body and parses SSE with
+//! [`herald::sse::Parser`]. Connects are bounded to `--connect-concurrency`
+//! in flight over all shards. Each connection is its own user (`u<index>`)
+//! with its own token, allowed on the channel `bench` which it joins.
+//!
+//! The parent process mints the admin token, starts the shards, tells them to
+//! connect, publishes from `--publishers` keep-alive connections (each event's
+//! data carries its sequence number and the Unix time in nanoseconds it was
+//! sent, so receivers compute end-to-end latency), and merges the shards'
+//! results. Parent and shards talk over pipes, one JSON line per message:
+//! the parent writes `connect`, `mark` (start of a heartbeat window) and
+//! `stop`; a shard answers `ready`, `connected`, `complete` (every connection
+//! has all the events it expects) and `finished` (its figures).
+//!
+//! CPU figures are `utime + stime` from `/proc/<pid>/stat` (in clock ticks,
+//! usually 10 ms) sampled at both ends of a window: the server's, and the
+//! tool's own (parent and shards together). Next to them, each window reports
+//! how busy the server's and the tool's cores were (`/proc/stat`): a core
+//! busier than its process ran something else too (another program, or
+//! interrupt work not charged to any process), which makes that run suspect.
+//! On loopback the sender's CPU also pays for the receiver's TCP processing,
+//! so the server's CPU per delivery includes some of the clients' kernel work.
+//! Memory is the server's `VmRSS` before and after the connections are opened;
+//! socket buffers live in the kernel and are not part of it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, ValueEnum};
+use herald::sse::{self, Frame};
+use jsonwebtoken::{EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::task::LocalSet;
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
+
+/// The channel every subscription joins; tokens allow exactly this one.
+const CHANNEL: &str = "bench";
+/// The name of published events; anything else a stream receives is counted apart.
+const EVENT_NAME: &str = "bench";
+/// Secret for servers the tool starts itself (they only listen on loopback).
+const DEFAULT_SECRET: &str = "loadgen-benchmark-secret-do-not-use-in-production";
+/// Environment variable through which shards receive the signing secret,
+/// so it never shows in a process list.
+const SECRET_VARIABLE: &str = "LOADGEN_JWT_SECRET";
+/// Token lifetime: longer than any run, so no stream ends with `token-expired`.
+const TOKEN_TTL_SECS: u64 = 3600;
+/// Longest one subscription may take from TCP connect to its `connected` event.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after the last publish the tool waits for outstanding deliveries.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a started server may take to log the port it listens on.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a stopped server may take to exit before it is killed.
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shards may take, past the run's deadline, to report and exit.
+const SHARD_GRACE: Duration = Duration::from_secs(10);
+/// Shared read buffer of a process: one read takes at most this much.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Bytes handed to the SSE parser at a time. Its buffer keeps the capacity of
+/// the largest piece it was fed, per connection, so pieces stay small.
+const PARSER_FEED_BYTES: usize = 4 * 1024;
+/// Longest HTTP response head accepted.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    /// Every socket read of this thread lands here and is processed before the
+    /// next await, so thousands of connections share one buffer.
+    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUFFER_BYTES]);
+    /// The de-chunked body of the current read, shared the same way.
+    static BODY_BUFFER: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(READ_BUFFER_BYTES));
+}
+
+// ---------------------------------------------------------------------------
+// Command line and scenarios
+// ---------------------------------------------------------------------------
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    about = "Herald's load generator: SSE subscriptions, publishing, a JSON report"
+)]
+struct Cli {
+    /// A named scenario, 1 to 5 (see the module documentation); without it, one custom run.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
+    scenario: Option<u8>,
+    /// Start this herald binary for each run, and stop it at the end.
+    #[arg(long, value_name = "PATH")]
+    server: Option<PathBuf>,
+    /// Port of an already running server on 127.0.0.1 (instead of --server).
+    #[arg(long, conflicts_with = "server")]
+    port: Option<u16>,
+    /// PID of that running server, for its CPU and memory figures.
+    #[arg(long, requires = "port")]
+    server_pid: Option<u32>,
+    /// Core the started server is pinned to (taskset).
+    #[arg(long, default_value_t = 0)]
+    server_core: usize,
+    /// Core the tool and its shards are pinned to.
+    #[arg(long, default_value_t = 1)]
+    tool_core: usize,
+    /// Extra environment for the started server (repeatable).
+    #[arg(long = "server-env", value_name = "KEY=VALUE")]
+    server_env: Vec<String>,
+    /// Custom run: streams to open.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Custom run: events to publish.
+    #[arg(long, default_value_t = 0)]
+    events: usize,
+    /// Custom run: events per second; 0 publishes as fast as the publishers can.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Custom run: who each event is for.
+    #[arg(long, value_enum, default_value_t = Target::Everyone)]
+    target: Target,
+    /// Custom run: seconds to watch heartbeats on every stream after connecting.
+    #[arg(long)]
+    heartbeat_watch: Option<f64>,
+    /// The server's HEARTBEAT_INTERVAL in seconds (set on a started server; used
+    /// to judge the heartbeat watch).
+    #[arg(long)]
+    heartbeat_interval: Option<f64>,
+    /// Concurrent publish requests, each on its own keep-alive connection.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Connection attempts in flight at once, over all shards.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Most streams one shard process holds (a process may hold 20,000 files).
+    #[arg(long, default_value_t = 10_000)]
+    per_process: usize,
+    /// Source addresses to spread connections over: 127.0.0.2 onwards.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u8).range(1..=250))]
+    source_addresses: u8,
+    /// Overall limit for each run, in seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Internal: run as a subscriber shard with this JSON plan.
+    #[arg(long, hide = true)]
+    shard: Option<String>,
+}
+
+/// Who a published event is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Target {
+    /// Everyone: a global event, received by every stream.
+    Everyone,
+    /// One user per event, round robin over the users (one per stream).
+    Users,
+}
+
+/// One run: a fresh server (when the tool starts it), N streams, M events.
+#[derive(Clone, Debug)]
+struct RunSpec {
+    label: String,
+    connections: usize,
+    events: usize,
+    /// Events per second; `None` publishes as fast as the publishers can.
+    rate: Option<f64>,
+    target: Target,
+    /// The server's HEARTBEAT_INTERVAL in seconds, when the run sets or knows it.
+    heartbeat_interval: Option<f64>,
+    /// Watch heartbeats on every stream for this long after connecting.
+    heartbeat_watch: Option<Duration>,
+}
+
+impl RunSpec {
+    fn new(label: &str, connections: usize, events: usize) -> Self {
+        Self {
+            label: label.to_owned(),
+            connections,
+            events,
+            rate: None,
+            target: Target::Everyone,
+            heartbeat_interval: None,
+            heartbeat_watch: None,
+        }
+    }
+}
+
+fn scenario_runs(number: u8, heartbeat_interval: Option<f64>) -> Vec<RunSpec> {
+    match number {
+        1 => vec![RunSpec {
+            rate: Some(50.0),
+            ..RunSpec::new(
+                "scenario 1: 1,000 subscribers, 200 global events at 50/s",
+                1_000,
+                200,
+            )
+        }],
+        2 => vec![RunSpec::new(
+            "scenario 2: 10,000 subscribers, 200 global events as fast as possible",
+            10_000,
+            200,
+        )],
+        3 => vec![RunSpec {
+            target: Target::Users,
+            ..RunSpec::new(
+                "scenario 3: 1,000 users, 2,000 events each to one user (round robin)",
+                1_000,
+                2_000,
+            )
+        }],
+        4 => vec![
+            RunSpec::new("scenario 4a: 10,000 idle streams", 10_000, 0),
+            RunSpec {
+                heartbeat_interval: Some(heartbeat_interval.unwrap_or(1.0)),
+                heartbeat_watch: Some(Duration::from_secs(5)),
+                ..RunSpec::new(
+                    "scenario 4b: 19,000 streams held with heartbeats",
+                    19_000,
+                    0,
+                )
+            },
+        ],
+        _ => vec![RunSpec::new(
+            "scenario 5: connect rate, 10,000 streams with their own token",
+            10_000,
+            0,
+        )],
+    }
+}
+
+/// Where the server comes from.
+enum ServerTarget {
+    /// Started by the tool for each run.
+    Spawn {
+        binary: PathBuf,
+        core: usize,
+        env: Vec<(String, String)>,
+    },
+    /// Already running.
+    External { port: u16, pid: Option<u32> },
+}
+
+/// Settings shared by every run.
+struct Options {
+    server: ServerTarget,
+    secret: String,
+    publishers: usize,
+    connect_concurrency: usize,
+    per_process: usize,
+    source_addresses: u8,
+    /// The cores whose busy time each CPU window reports.
+    server_core: usize,
+    tool_core: usize,
+    timeout: Duration,
+}
+
+// ---------------------------------------------------------------------------
+// Entry point
+// ---------------------------------------------------------------------------
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.shard.as_deref() {
+        Some(plan) => shard::run(plan),
+        None => orchestrate(&cli),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("loadgen: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn orchestrate(cli: &Cli) -> Result<(), String> {
+    // Pinned before any thread or child exists, so all of them inherit it.
+    system::pin_to_core(cli.tool_core)?;
+    let open_files = system::raise_open_file_limit()?;
+    let secret = match &cli.server {
+        Some(_) => DEFAULT_SECRET.to_owned(),
+        None => std::env::var("JWT_SECRET").map_err(|_| {
+            "without --server, JWT_SECRET must hold the running server's secret".to_owned()
+        })?,
+    };
+    let server = match (&cli.server, cli.port) {
+        (Some(binary), _) => {
+            let mut env = Vec::new();
+            for pair in &cli.server_env {
+                let (key, value) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("--server-env {pair:?} is not KEY=VALUE"))?;
+                env.push((key.to_owned(), value.to_owned()));
+            }
+            ServerTarget::Spawn {
+                binary: binary.clone(),
+                core: cli.server_core,
+                env,
+            }
+        }
+        (None, Some(port)) => ServerTarget::External {
+            port,
+            pid: cli.server_pid,
+        },
+        (None, None) => return Err("give --server PATH, or --port of a running server".into()),
+    };
+    let options = Options {
+        server,
+        secret,
+        publishers: cli.publishers.max(1),
+        connect_concurrency: cli.connect_concurrency.max(1),
+        // Keep room below the limit for the shard's own files (pipes, stdio).
+        per_process: cli
+            .per_process
+            .clamp(1, (open_files as usize).saturating_sub(256).max(1)),
+        source_addresses: cli.source_addresses,
+        server_core: cli.server_core,
+        tool_core: cli.tool_core,
+        timeout: Duration::from_secs(cli.timeout),
+    };
+    let runs = match cli.scenario {
+        Some(number) => scenario_runs(number, cli.heartbeat_interval),
+        None => vec![RunSpec {
+            rate: (cli.rate > 0.0).then_some(cli.rate),
+            target: cli.target,
+            heartbeat_interval: cli.heartbeat_interval,
+            heartbeat_watch: cli.heartbeat_watch.map(Duration::from_secs_f64),
+            ..RunSpec::new("custom run", cli.connections, cli.events)
+        }],
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let local = LocalSet::new();
+    let mut runs_done = Vec::new();
+    let mut failures = 0;
+    for spec in &runs {
+        eprintln!("loadgen: {}", spec.label);
+        // On SIGINT or SIGTERM the run is dropped, which stops its server and
+        // shards (their guards kill by PID), and no further run starts.
+        let (outcome, interrupted) = local.block_on(&runtime, async {
+            tokio::select! {
+                outcome = orchestrator::run(spec, &options) => (outcome, false),
+                signal = system::termination() => (Err(format!("interrupted by {signal}")), true),
+            }
+        });
+        match outcome {
+            Ok(report) => runs_done.push(RunOutcome::Done(Box::new(report))),
+            Err(error) => {
+                eprintln!("loadgen: {}: {error}", spec.label);
+                failures += 1;
+                runs_done.push(RunOutcome::Failed {
+                    label: spec.label.clone(),
+                    error,
+                });
+            }
+        }
+        if interrupted {
+            break;
+        }
+    }
+    let report = Report {
+        scenario: cli.scenario,
+        tool_core: cli.tool_core,
+        tool_open_file_limit: open_files,
+        connect_concurrency: options.connect_concurrency,
+        publishers: options.publishers,
+        runs: runs_done,
+    };
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    writeln!(io::stdout().lock(), "{text}").map_err(|e| format!("writing the report: {e}"))?;
+    match failures {
+        0 => Ok(()),
+        n => Err(format!("{n} run(s) failed; see \"error\" in the report")),
+    }
+}
+
+/// What the tool prints on stdout.
+#[derive(Serialize)]
+struct Report {
+    scenario: Option<u8>,
+    tool_core: usize,
+    tool_open_file_limit: u64,
+    connect_concurrency: usize,
+    publishers: usize,
+    runs: Vec<RunOutcome>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum RunOutcome {
+    Done(Box<orchestrator::RunReport>),
+    Failed { label: String, error: String },
+}
+
+// ---------------------------------------------------------------------------
+// Small shared pieces
+// ---------------------------------------------------------------------------
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64)
+}
+
+/// The claims Herald reads from a token.
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+    roles: &'a [&'a str],
+    channels: &'a [&'a str],
+}
+
+/// An HS256 token for `user`; admins may publish and read stats.
+fn mint_token(secret: &str, user: &str, admin: bool) -> Result<String, String> {
+    let claims = Claims {
+        sub: user,
+        exp: unix_nanos() / 1_000_000_000 + TOKEN_TTL_SECS,
+        roles: if admin { &["admin"] } else { &[] },
+        channels: &[CHANNEL],
+    };
+    jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| format!("cannot sign a token: {e}"))
+}
+
+/// The user of the stream with this index in the run.
+fn user_of(index: usize) -> String {
+    format!("u{index}")
+}
+
+/// 127.0.0.2, 127.0.0.3, … in turn: each address has its own ephemeral ports.
+fn source_address(index: usize, count: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 2 + (index % usize::from(count.max(1))) as u8)
+}
+
+/// How many events the stream with this index should receive.
+fn expected_events(target: Target, events: usize, users: usize, index: usize) -> u64 {
+    match target {
+        Target::Everyone => events as u64,
+        // Event `seq` goes to user `seq % users`.
+        Target::Users if users == 0 => 0,
+        Target::Users => (events / users + usize::from(index < events % users)) as u64,
+    }
+}
+
+/// What a published event's data carries.
+#[derive(Serialize, Deserialize)]
+struct Stamp {
+    seq: u64,
+    /// When the publish request was written, in Unix nanoseconds.
+    sent_ns: u64,
+}
+
+/// Latencies in microseconds, in log-linear buckets (under 1 % error), that
+/// merge across processes.
+#[derive(Clone, Debug, Default)]
+struct Histogram {
+    buckets: Vec<u64>,
+    count: u64,
+    max: u64,
+}
+
+/// Serialized form of a [`Histogram`]: only the buckets that hold something.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct HistogramData {
+    buckets: Vec<(usize, u64)>,
+    max: u64,
+}
+
+/// Values below this are exact; above, each power of two has this many buckets.
+const SUB_BUCKETS: u64 = 128;
+const SUB_BUCKET_BITS: u32 = 7;
+
+impl Histogram {
+    fn bucket_of(value: u64) -> usize {
+        if value < SUB_BUCKETS {
+            return value as usize;
+        }
+        let shift = 63 - value.leading_zeros() - SUB_BUCKET_BITS;
+        let mantissa = value >> shift;
+        (SUB_BUCKETS + u64::from(shift) * SUB_BUCKETS + mantissa - SUB_BUCKETS) as usize
+    }
+
+    /// The largest value that falls in bucket `index`.
+    fn bucket_high(index: usize) -> u64 {
+        let index = index as u64;
+        if index < SUB_BUCKETS {
+            return index;
+        }
+        let shift = (index - SUB_BUCKETS) / SUB_BUCKETS;
+        let mantissa = (index - SUB_BUCKETS) % SUB_BUCKETS + SUB_BUCKETS;
+        ((mantissa + 1) << shift) - 1
+    }
+
+    fn record(&mut self, value: u64) {
+        let bucket = Self::bucket_of(value);
+        if bucket >= self.buckets.len() {
+            self.buckets.resize(bucket + 1, 0);
+        }
+        self.buckets[bucket] += 1;
+        self.count += 1;
+        self.max = self.max.max(value);
+    }
+
+    /// The value at quantile `q` (0..=1), rounded up to its bucket's top.
+    fn quantile(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        let mut seen = 0;
+        for (index, count) in self.buckets.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return Self::bucket_high(index).min(self.max);
+            }
+        }
+        self.max
+    }
+
+    fn to_data(&self) -> HistogramData {
+        HistogramData {
+            buckets: self
+                .buckets
+                .iter()
+                .enumerate()
+                .filter(|(_, count)| **count > 0)
+                .map(|(index, count)| (index, *count))
+                .collect(),
+            max: self.max,
+        }
+    }
+
+    fn merge(&mut self, data: &HistogramData) {
+        for &(index, count) in &data.buckets {
+            if index >= self.buckets.len() {
+                self.buckets.resize(index + 1, 0);
+            }
+            self.buckets[index] += count;
+            self.count += count;
+        }
+        self.max = self.max.max(data.max);
+    }
+}
+
+/// Rounds for the report: figures with three significant decimals are plenty.
+fn round(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+// ---------------------------------------------------------------------------
+// The process: affinity, limits, /proc figures
+// ---------------------------------------------------------------------------
+
+mod system {
+    use std::fs;
+
+    /// Pins the calling thread, and every thread and process it starts later, to `core`.
+    pub fn pin_to_core(core: usize) -> Result<(), String> {
+        // SAFETY: cpu_set_t is plain data; CPU_SET bounds-checks `core`
+        // against the set's size, and sched_setaffinity only reads the set.
+        let result = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_ZERO(&mut set);
+            libc::CPU_SET(core, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        };
+        if result != 0 {
+            return Err(format!(
+                "cannot pin the tool to core {core}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Raises the soft open-file limit to the hard one; returns the limit now in force.
+    pub fn raise_open_file_limit() -> Result<u64, String> {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: both calls only read or write the rlimit struct passed by pointer.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
+            }
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
+            }
+        }
+        Ok(limit.rlim_cur)
+    }
+
+    /// Resolves on SIGINT or SIGTERM with the signal's name; never, if the
+    /// handlers cannot be installed (the run's timeout still ends it).
+    pub async fn termination() -> &'static str {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut interrupt), Ok(mut terminate)) => tokio::select! {
+                _ = interrupt.recv() => "SIGINT",
+                _ = terminate.recv() => "SIGTERM",
+            },
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// Clock ticks per second, the unit of /proc CPU times.
+    pub fn ticks_per_second() -> f64 {
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if ticks > 0 {
+            ticks as f64
+        } else {
+            100.0
+        }
+    }
+
+    /// User plus system CPU time of a process (all its threads), in clock ticks.
+    /// `pid` may be `self`.
+    pub fn cpu_ticks(pid: &str) -> Option<u64> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name may hold spaces; the fields after it do not.
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+        // After the name come field 3 (state) onwards: utime is field 14, stime 15.
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some(utime + stime)
+    }
+
+    /// Busy and total clock ticks of one core since boot, from /proc/stat.
+    pub fn core_ticks(core: usize) -> Option<(u64, u64)> {
+        let stat = fs::read_to_string("/proc/stat").ok()?;
+        let prefix = format!("cpu{core} ");
+        let line = stat.lines().find(|line| line.starts_with(&prefix))?;
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|field| field.parse().unwrap_or(0))
+            .collect();
+        let total: u64 = ticks.iter().sum();
+        let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+        Some((total - idle, total))
+    }
+
+    /// Resident memory of a process, in KiB.
+    pub fn rss_kib(pid: u32) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/1.1 by hand: reads, writes, response heads, chunked bodies
+// ---------------------------------------------------------------------------
+
+mod wire {
+    use super::*;
+
+    /// Waits until `stream` is readable, reads once into the thread's shared
+    /// buffer and hands the bytes to `use_bytes` (empty at end of stream).
+    pub async fn read_with<R>(
+        stream: &TcpStream,
+        use_bytes: impl FnOnce(&[u8]) -> R,
+    ) -> io::Result<R> {
+        let mut use_bytes = Some(use_bytes);
+        loop {
+            stream.readable().await?;
+            let outcome = READ_BUFFER.with(|buffer| {
+                let mut buffer = buffer.borrow_mut();
+                match stream.try_read(&mut buffer) {
+                    Ok(read) => Ok(use_bytes.take().map(|use_bytes| use_bytes(&buffer[..read]))),
+                    // Readiness was stale; wait again.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })?;
+            if let Some(result) = outcome {
+                return Ok(result);
+            }
+        }
+    }
+
+    pub async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            stream.writable().await?;
+            match stream.try_write(bytes) {
+                Ok(written) => bytes = &bytes[written..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// What the tool needs from a response head.
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct Head {
+        pub status: u16,
+        pub content_length: Option<usize>,
+        pub chunked: bool,
+    }
+
+    pub fn parse_head(head: &[u8]) -> Result<Head, String> {
+        let text = std::str::from_utf8(head).map_err(|_| "the response head is not UTF-8")?;
+        let mut lines = text.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+        let mut parsed = Head {
+            status,
+            content_length: None,
+            chunked: false,
+        };
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                parsed.content_length = value.parse().ok();
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                parsed.chunked = value.to_ascii_lowercase().contains("chunked");
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// Reads a response head; returns it and the body bytes read past it.
+    pub async fn read_head(stream: &TcpStream) -> Result<(Head, Vec<u8>), String> {
+        let mut received = Vec::new();
+        loop {
+            if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = parse_head(&received[..end])?;
+                return Ok((head, received.split_off(end + 4)));
+            }
+            if received.len() > MAX_HEAD_BYTES {
+                return Err("the response head is too long".into());
+            }
+            let read = read_with(stream, |bytes| {
+                received.extend_from_slice(bytes);
+                bytes.len()
+            })
+            .await
+            .map_err(|e| format!("reading the response: {e}"))?;
+            if read == 0 {
+                return Err("the server closed the connection before answering".into());
+            }
+        }
+    }
+
+    /// Reads the rest of a body framed by Content-Length or chunked encoding.
+    pub async fn read_body(
+        stream: &TcpStream,
+        head: &Head,
+        already: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        if head.chunked {
+            let mut decoder = ChunkedDecoder::default();
+            let mut body = Vec::new();
+            let mut done = decoder.decode(&already, &mut body)?;
+            while !done {
+                done = read_with(stream, |bytes| {
+                    if bytes.is_empty() {
+                        return Err("the connection closed inside a chunked body".to_owned());
+                    }
+                    decoder.decode(bytes, &mut body)
+                })
+                .await
+                .map_err(|e| format!("reading the body: {e}"))??;
+            }
+            return Ok(body);
+        }
+        let length = head
+            .content_length
+            .ok_or("the response has neither Content-Length nor chunked encoding")?;
+        let mut body = already;
+        while body.len() < length {
+            let read = read_with(stream, |bytes| {
+                body.extend_from_slice(bytes);
+                bytes.len()
+            })
+            .await
+            .map_err(|e| format!("reading the body: {e}"))?;
+            if read == 0 {
+                return Err("the connection closed inside the body".into());
+            }
+        }
+        body.truncate(length);
+        Ok(body)
+    }
+
+    /// Where a chunked decoder is in the body.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum ChunkState {
+        /// Reading a hexadecimal size line (extensions after `;` are skipped).
+        Size {
+            value: usize,
+            digits: u8,
+            extension: bool,
+        },
+        /// Inside a chunk's data.
+        Data {
+            remaining: usize,
+        },
+        /// The CR, then the LF, that close a chunk's data.
+        DataCr,
+        DataLf,
+        /// After the last (empty) chunk: trailer lines until a blank one.
+        Trailer {
+            line_empty: bool,
+        },
+        /// The body has ended.
+        Done,
+    }
+
+    const SIZE_START: ChunkState = ChunkState::Size {
+        value: 0,
+        digits: 0,
+        extension: false,
+    };
+
+    /// Incremental decoder of HTTP/1.1 chunked transfer encoding.
+    #[derive(Debug)]
+    pub struct ChunkedDecoder {
+        state: ChunkState,
+    }
+
+    impl Default for ChunkedDecoder {
+        fn default() -> Self {
+            Self { state: SIZE_START }
+        }
+    }
+
+    impl ChunkedDecoder {
+        /// Appends the data carried by `input` to `out`; true once the body has ended.
+        pub fn decode(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<bool, String> {
+            while !input.is_empty() && self.state != ChunkState::Done {
+                if let ChunkState::Data { remaining } = self.state {
+                    let take = remaining.min(input.len());
+                    out.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    self.state = match remaining - take {
+                        0 => ChunkState::DataCr,
+                        remaining => ChunkState::Data { remaining },
+                    };
+                } else {
+                    self.state = Self::step(self.state, input[0])?;
+                    input = &input[1..];
+                }
+            }
+            Ok(self.state == ChunkState::Done)
+        }
+
+        fn step(state: ChunkState, byte: u8) -> Result<ChunkState, String> {
+            use ChunkState::*;
+            Ok(match state {
+                Size {
+                    value,
+                    digits,
+                    extension,
+                } => match byte {
+                    b'\n' if digits == 0 => return Err("a chunk size line is empty".into()),
+                    b'\n' if value == 0 => Trailer { line_empty: true },
+                    b'\n' => Data { remaining: value },
+                    b'\r' => state,
+                    b';' => Size {
+                        value,
+                        digits,
+                        extension: true,
+                    },
+                    _ if extension => state,
+                    _ => {
+                        let digit = char::from(byte)
+                            .to_digit(16)
+                            .ok_or_else(|| format!("bad byte {byte:#04x} in a chunk size"))?;
+                        if digits >= 12 {
+                            return Err("a chunk size is too large".into());
+                        }
+                        Size {
+                            value: value * 16 + digit as usize,
+                            digits: digits + 1,
+                            extension,
+                        }
+                    }
+                },
+                DataCr if byte == b'\r' => DataLf,
+                DataLf if byte == b'\n' => SIZE_START,
+                DataCr | DataLf => return Err("a chunk does not end with CRLF".into()),
+                Trailer { line_empty } => match byte {
+                    b'\r' => state,
+                    b'\n' if line_empty => Done,
+                    b'\n' => Trailer { line_empty: true },
+                    _ => Trailer { line_empty: false },
+                },
+                // `decode` handles data itself and stops at the end.
+                Data { .. } | Done => state,
+            })
+        }
+    }
+
+    /// A response to a request on an [`HttpConnection`].
+    pub struct Response {
+        pub status: u16,
+        pub body: Vec<u8>,
+    }
+
+    impl Response {
+        /// The body, shortened for an error message.
+        pub fn excerpt(&self) -> String {
+            String::from_utf8_lossy(&self.body[..self.body.len().min(200)]).into_owned()
+        }
+    }
+
+    /// A keep-alive HTTP/1.1 client connection to the server, one request at a time.
+    pub struct HttpConnection {
+        stream: TcpStream,
+        host: String,
+    }
+
+    impl HttpConnection {
+        pub async fn open(port: u16) -> Result<Self, String> {
+            let address = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+            let stream = TcpStream::connect(address)
+                .await
+                .map_err(|e| format!("connecting to {address}: {e}"))?;
+            stream
+                .set_nodelay(true)
+                .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+            Ok(Self {
+                stream,
+                host: address.to_string(),
+            })
+        }
+
+        /// Sends one request and reads its whole response.
+        pub async fn request(
+            &mut self,
+            method: &str,
+            path: &str,
+            token: &str,
+            json_body: Option<&[u8]>,
+        ) -> Result<Response, String> {
+            let mut request = format!(
+                "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n",
+                self.host
+            );
+            if let Some(body) = json_body {
+                request.push_str(&format!(
+                    "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                    body.len()
+                ));
+            }
+            request.push_str("\r\n");
+            let mut bytes = request.into_bytes();
+            bytes.extend_from_slice(json_body.unwrap_or_default());
+            write_all(&self.stream, &bytes)
+                .await
+                .map_err(|e| format!("sending {method} {path}: {e}"))?;
+            let (head, rest) = read_head(&self.stream).await?;
+            let body = read_body(&self.stream, &head, rest).await?;
+            Ok(Response {
+                status: head.status,
+                body,
+            })
+        }
+    }
+
+    /// `GET /api/stats` on a fresh connection (a kept one may have timed out).
+    pub async fn server_stats(port: u16, admin_token: &str) -> Result<Value, String> {
+        let mut connection = HttpConnection::open(port).await?;
+        let response = connection
+            .request("GET", "/api/stats", admin_token, None)
+            .await?;
+        if response.status != 200 {
+            return Err(format!(
+                "GET /api/stats answered {}: {}",
+                response.status,
+                response.excerpt()
+            ));
+        }
+        serde_json::from_slice(&response.body).map_err(|e| format!("GET /api/stats: {e}"))
+    }
+}
+
+use wire::{ChunkedDecoder, HttpConnection};
+
+// ---------------------------------------------------------------------------
+// Messages between the parent and its shards
+// ---------------------------------------------------------------------------
+
+/// What a shard is asked to do, passed as its `--shard` argument.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ShardPlan {
+    /// This shard's number, 0 onwards.
+    index: usize,
+    /// Run-wide index of this shard's first stream (its user is `u<index>`).
+    first_connection: usize,
+    /// Streams this shard opens.
+    connections: usize,
+    port: u16,
+    /// What the run publishes, from which each stream's expected count follows.
+    events: usize,
+    target: Target,
+    /// Streams in the whole run: the round robin of targeted events goes over them.
+    users: usize,
+    /// This shard's share of the connection attempts in flight.
+    connect_concurrency: usize,
+    source_addresses: u8,
+    /// The core the shard pins itself to.
+    core: usize,
+    /// The shard stops by itself after this long.
+    timeout_secs: f64,
+}
+
+/// How a shard's connection attempts went.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct ConnectReport {
+    /// Attempts that have ended, and how many of those received `connected`.
+    attempted: usize,
+    established: usize,
+    /// Failures by kind.
+    errors: BTreeMap<String, usize>,
+    first_error: Option<String>,
+    /// When the first attempt started and the last one ended, in Unix nanoseconds.
+    started_ns: u64,
+    finished_ns: u64,
+    /// From TCP connect to the `connected` event, in microseconds.
+    latency: HistogramData,
+}
+
+/// Heartbeats each stream received since `mark`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct HeartbeatReport {
+    /// (heartbeats received in the window, streams that received that many).
+    /// Pairs rather than a map: JSON keys are strings, which an internally
+    /// tagged message cannot read back as numbers.
+    per_connection: Vec<(u64, usize)>,
+    /// Streams that ended during the window.
+    dropped: usize,
+}
+
+/// A shard's figures at the end of a run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct ShardResult {
+    /// Events the established streams should have received.
+    deliveries_expected: u64,
+    /// Events received, counting at most the expected number per stream.
+    deliveries_received: u64,
+    /// Events received beyond a stream's expected number (duplicates).
+    extra_deliveries: u64,
+    /// Events that arrived with a sequence number not above the previous one.
+    out_of_order: u64,
+    /// `bench` events whose data could not be read.
+    malformed: u64,
+    /// Events with another name (`token-expired`, …).
+    other_events: u64,
+    /// Publish-to-receive latency in microseconds.
+    latency: HistogramData,
+    /// When the last event arrived, in Unix nanoseconds.
+    last_delivery_ns: u64,
+    /// Streams that ended, and why.
+    dropped: usize,
+    drop_reasons: BTreeMap<String, usize>,
+    heartbeats: Option<HeartbeatReport>,
+}
+
+/// One line a shard writes on its stdout.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ShardMessage {
+    /// Tokens are minted; waiting for `connect`.
+    Ready,
+    /// Every connection attempt has ended.
+    Connected(ConnectReport),
+    /// Every established stream received all the events it expects.
+    Complete,
+    /// The final figures; the shard exits next.
+    Finished(ShardResult),
+}
+
+// ---------------------------------------------------------------------------
+// The subscriber side: one shard process
+// ---------------------------------------------------------------------------
+
+mod shard {
+    use super::*;
+
+    /// One stream as its shard tracks it; lives until the shard exits.
+    #[derive(Default)]
+    struct StreamState {
+        /// `bench` events this stream should receive in the run.
+        expected: u64,
+        /// `bench` events it has received.
+        received: u64,
+        /// Sequence number of the last one, to spot reordering and repeats.
+        last_seq: Option<u64>,
+        /// Heartbeat comments seen so far, and at the start of the heartbeat window.
+        heartbeats: u64,
+        heartbeats_at_mark: u64,
+        /// Whether its `connected` event arrived; only such streams count.
+        established: bool,
+    }
+
+    /// Running totals of a shard.
+    #[derive(Default)]
+    struct Totals {
+        /// Connection attempts so far; sent to the parent once all have ended.
+        connect: ConnectReport,
+        connect_latency: Histogram,
+        /// Established streams that expect at least one event, and how many
+        /// of those have received all of theirs.
+        awaiting: usize,
+        completed: usize,
+        /// Delivery figures so far; completed from the streams at the end.
+        result: ShardResult,
+        latency: Histogram,
+        /// Streams dropped before the heartbeat window began.
+        dropped_at_mark: usize,
+    }
+
+    /// Everything a shard's tasks share (they all run on one thread).
+    struct Shard {
+        plan: ShardPlan,
+        /// 127.0.0.1 and the server's port.
+        server: SocketAddr,
+        /// Indexed by the stream's position in this shard.
+        streams: RefCell<Vec<StreamState>>,
+        totals: RefCell<Totals>,
+        /// Bounds connection attempts in flight.
+        connect_slots: Semaphore,
+        /// Woken when an attempt ends or a stream completes; the controller re-checks.
+        progress: Notify,
+    }
+
+    /// Why a connection attempt failed: a kind to count by, and the detail.
+    struct Failure {
+        kind: String,
+        detail: String,
+    }
+
+    impl Failure {
+        fn new(kind: impl Into<String>, detail: impl Into<String>) -> Self {
+            Self {
+                kind: kind.into(),
+                detail: detail.into(),
+            }
+        }
+
+        fn io(stage: &str, error: io::Error) -> Self {
+            Self::new(
+                format!("{stage}: {:?}", error.kind()),
+                format!("{stage}: {error}"),
+            )
+        }
+    }
+
+    /// Frames completed by one read, and whether the stream ended with it.
+    struct Batch {
+        frames: Vec<Frame>,
+        ended: Option<&'static str>,
+    }
+
+    /// An open SSE response being read.
+    struct Subscription {
+        stream: TcpStream,
+        chunks: ChunkedDecoder,
+        parser: sse::Parser,
+    }
+
+    impl Subscription {
+        async fn next_batch(&mut self) -> Result<Batch, String> {
+            let (chunks, parser) = (&mut self.chunks, &mut self.parser);
+            wire::read_with(&self.stream, |bytes| {
+                if bytes.is_empty() {
+                    return Ok(Batch {
+                        frames: Vec::new(),
+                        ended: Some("the server closed the connection"),
+                    });
+                }
+                feed(chunks, parser, bytes)
+            })
+            .await
+            .map_err(|e| format!("read: {:?}", e.kind()))?
+        }
+    }
+
+    /// De-chunks `bytes` and parses the SSE they carry.
+    fn feed(
+        chunks: &mut ChunkedDecoder,
+        parser: &mut sse::Parser,
+        bytes: &[u8],
+    ) -> Result<Batch, String> {
+        BODY_BUFFER.with(|body| {
+            let mut body = body.borrow_mut();
+            body.clear();
+            let done = chunks.decode(bytes, &mut body)?;
+            let mut frames = Vec::new();
+            for piece in body.chunks(PARSER_FEED_BYTES) {
+                frames.extend(parser.feed(piece));
+            }
+            Ok(Batch {
+                frames,
+                ended: done.then_some("the server ended the stream"),
+            })
+        })
+    }
+
+    /// Runs a shard: the child side of the pipe protocol.
+    pub fn run(plan_json: &str) -> Result<(), String> {
+        let plan: ShardPlan =
+            serde_json::from_str(plan_json).map_err(|e| format!("bad shard plan: {e}"))?;
+        system::pin_to_core(plan.core)?;
+        system::raise_open_file_limit()?;
+        let secret = std::env::var(SECRET_VARIABLE)
+            .map_err(|_| format!("a shard needs {SECRET_VARIABLE}"))?;
+        let tokens = (0..plan.connections)
+            .map(|local| mint_token(&secret, &user_of(plan.first_connection + local), false))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        // Commands arrive on stdin; a thread turns its lines into messages.
+        // End of input (the parent is gone) reads as `stop`.
+        let (commands_in, commands) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if commands_in.send(line.trim().to_owned()).is_err() {
+                    break;
+                }
+            }
+        });
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        let shard = Rc::new(Shard {
+            server: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), plan.port),
+            streams: RefCell::new(
+                (0..plan.connections)
+                    .map(|local| StreamState {
+                        expected: expected_events(
+                            plan.target,
+                            plan.events,
+                            plan.users,
+                            plan.first_connection + local,
+                        ),
+                        ..StreamState::default()
+                    })
+                    .collect(),
+            ),
+            totals: RefCell::default(),
+            connect_slots: Semaphore::new(plan.connect_concurrency.max(1)),
+            progress: Notify::new(),
+            plan,
+        });
+        LocalSet::new().block_on(&runtime, control(shard, tokens, commands))
+    }
+
+    fn emit(message: &ShardMessage) -> Result<(), String> {
+        let line = serde_json::to_string(message).map_err(|e| e.to_string())?;
+        writeln!(io::stdout().lock(), "{line}").map_err(|e| format!("writing to the parent: {e}"))
+    }
+
+    async fn control(
+        shard: Rc<Shard>,
+        tokens: Vec<String>,
+        mut commands: mpsc::UnboundedReceiver<String>,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs_f64(shard.plan.timeout_secs);
+        emit(&ShardMessage::Ready)?;
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command.as_deref() {
+                    Some("connect") => break,
+                    Some(_) => {}
+                    None => return Ok(()),
+                },
+                _ = sleep_until(deadline) => return Err("no `connect` before the timeout".into()),
+            }
+        }
+
+        shard.totals.borrow_mut().connect.started_ns = unix_nanos();
+        for (local, token) in tokens.into_iter().enumerate() {
+            tokio::task::spawn_local(subscribe(shard.clone(), local, token));
+        }
+        while shard.totals.borrow().connect.attempted < shard.plan.connections {
+            tokio::select! {
+                _ = shard.progress.notified() => {}
+                _ = sleep_until(deadline) => break,
+            }
+        }
+        let report = {
+            let totals = shard.totals.borrow();
+            ConnectReport {
+                latency: totals.connect_latency.to_data(),
+                ..totals.connect.clone()
+            }
+        };
+        emit(&ShardMessage::Connected(report))?;
+
+        let mut complete_sent = false;
+        loop {
+            if !complete_sent && shard.is_complete() {
+                emit(&ShardMessage::Complete)?;
+                complete_sent = true;
+            }
+            tokio::select! {
+                command = commands.recv() => match command.as_deref() {
+                    Some("mark") => shard.mark(),
+                    Some("stop") | None => break,
+                    Some(_) => {}
+                },
+                _ = shard.progress.notified(), if !complete_sent => {}
+                _ = sleep_until(deadline) => break,
+            }
+        }
+        emit(&ShardMessage::Finished(shard.finish()))
+    }
+
+    /// One stream, from its connection attempt to its end.
+    async fn subscribe(shard: Rc<Shard>, local: usize, token: String) {
+        let opened = match shard.connect_slots.acquire().await {
+            Ok(_slot) => {
+                let began = Instant::now();
+                timeout(CONNECT_TIMEOUT, open(&shard, local, &token))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Failure::new(
+                            "timeout",
+                            "no `connected` event within the connect timeout",
+                        ))
+                    })
+                    .map(|opened| (opened, began.elapsed()))
+            }
+            // The semaphore is never closed.
+            Err(_) => Err(Failure::new("internal", "connect slots closed")),
+        };
+        let (mut subscription, first_frames) = match opened {
+            Ok(((subscription, frames), took)) => {
+                shard.established(local, took);
+                (subscription, frames)
+            }
+            Err(failure) => {
+                shard.failed(failure);
+                return;
+            }
+        };
+        shard.received(local, &first_frames, subscription.parser.comments);
+        loop {
+            match subscription.next_batch().await {
+                Ok(batch) => {
+                    shard.received(local, &batch.frames, subscription.parser.comments);
+                    if let Some(reason) = batch.ended {
+                        shard.dropped(reason);
+                        return;
+                    }
+                }
+                Err(reason) => {
+                    shard.dropped(&reason);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Connects, subscribes, and reads until the `connected` event; returns the
+    /// stream and any frames that came after `connected` in the same read.
+    async fn open(
+        shard: &Shard,
+        local: usize,
+        token: &str,
+    ) -> Result<(Subscription, Vec<Frame>), Failure> {
+        let plan = &shard.plan;
+        let source = source_address(plan.first_connection + local, plan.source_addresses);
+        let socket = TcpSocket::new_v4().map_err(|e| Failure::io("socket", e))?;
+        // A source port in TIME_WAIT from an earlier run may be reused.
+        socket
+            .set_reuseaddr(true)
+            .map_err(|e| Failure::io("SO_REUSEADDR", e))?;
+        socket
+            .bind(SocketAddr::new(IpAddr::V4(source), 0))
+            .map_err(|e| Failure::io("bind", e))?;
+        let stream = socket
+            .connect(shard.server)
+            .await
+            .map_err(|e| Failure::io("connect", e))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| Failure::io("TCP_NODELAY", e))?;
+        let request = format!(
+            "GET /api/events?channel={CHANNEL} HTTP/1.1\r\nHost: {}\r\n\
+             Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n",
+            shard.server
+        );
+        wire::write_all(&stream, request.as_bytes())
+            .await
+            .map_err(|e| Failure::io("write", e))?;
+        let (head, rest) = wire::read_head(&stream)
+            .await
+            .map_err(|e| Failure::new("response", e))?;
+        if head.status != 200 {
+            // The error body names the reason (429 too_many_connections, 401 …).
+            let body = timeout(
+                Duration::from_secs(2),
+                wire::read_body(&stream, &head, rest),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+            return Err(Failure::new(
+                format!("HTTP {}", head.status),
+                format!(
+                    "HTTP {}: {}",
+                    head.status,
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                ),
+            ));
+        }
+        if !head.chunked {
+            return Err(Failure::new("response", "the stream is not chunked"));
+        }
+        let mut subscription = Subscription {
+            stream,
+            chunks: ChunkedDecoder::default(),
+            parser: sse::Parser::new(),
+        };
+        let mut batch = feed(&mut subscription.chunks, &mut subscription.parser, &rest)
+            .map_err(|e| Failure::new("response", e))?;
+        loop {
+            if let Some(at) = batch.frames.iter().position(|f| f.event == "connected") {
+                let after = batch.frames.split_off(at + 1);
+                return Ok((subscription, after));
+            }
+            if let Some(reason) = batch.ended {
+                return Err(Failure::new("ended before `connected`", reason));
+            }
+            batch = subscription
+                .next_batch()
+                .await
+                .map_err(|e| Failure::new("response", e))?;
+        }
+    }
+
+    impl Shard {
+        fn attempt_ended(totals: &mut Totals) {
+            totals.connect.attempted += 1;
+            totals.connect.finished_ns = unix_nanos();
+        }
+
+        fn established(&self, local: usize, took: Duration) {
+            let mut streams = self.streams.borrow_mut();
+            let stream = &mut streams[local];
+            stream.established = true;
+            let mut totals = self.totals.borrow_mut();
+            totals.connect.established += 1;
+            totals.connect_latency.record(took.as_micros() as u64);
+            if stream.expected > 0 {
+                totals.awaiting += 1;
+            }
+            Self::attempt_ended(&mut totals);
+            self.progress.notify_one();
+        }
+
+        fn failed(&self, failure: Failure) {
+            let mut totals = self.totals.borrow_mut();
+            *totals.connect.errors.entry(failure.kind).or_default() += 1;
+            totals.connect.first_error.get_or_insert(failure.detail);
+            Self::attempt_ended(&mut totals);
+            self.progress.notify_one();
+        }
+
+        /// Records the frames of one read on stream `local`.
+        fn received(&self, local: usize, frames: &[Frame], heartbeats: u64) {
+            let mut streams = self.streams.borrow_mut();
+            let stream = &mut streams[local];
+            stream.heartbeats = heartbeats;
+            if frames.is_empty() {
+                return;
+            }
+            let now = unix_nanos();
+            let mut totals = self.totals.borrow_mut();
+            for frame in frames {
+                if frame.event != EVENT_NAME {
+                    totals.result.other_events += 1;
+                    continue;
+                }
+                let Ok(stamp) = serde_json::from_str::<Stamp>(&frame.data) else {
+                    totals.result.malformed += 1;
+                    continue;
+                };
+                if stream.last_seq.is_some_and(|last| stamp.seq <= last) {
+                    totals.result.out_of_order += 1;
+                }
+                stream.last_seq = Some(stamp.seq);
+                stream.received += 1;
+                if stream.received == stream.expected {
+                    totals.completed += 1;
+                    self.progress.notify_one();
+                }
+                totals
+                    .latency
+                    .record(now.saturating_sub(stamp.sent_ns) / 1000);
+                totals.result.last_delivery_ns = now;
+            }
+        }
+
+        fn dropped(&self, reason: &str) {
+            let mut totals = self.totals.borrow_mut();
+            totals.result.dropped += 1;
+            *totals
+                .result
+                .drop_reasons
+                .entry(reason.to_owned())
+                .or_default() += 1;
+        }
+
+        fn is_complete(&self) -> bool {
+            let totals = self.totals.borrow();
+            totals.awaiting > 0
+                && totals.completed == totals.awaiting
+                && totals.connect.attempted == self.plan.connections
+        }
+
+        /// Starts a heartbeat window.
+        fn mark(&self) {
+            for stream in self.streams.borrow_mut().iter_mut() {
+                stream.heartbeats_at_mark = stream.heartbeats;
+            }
+            let mut totals = self.totals.borrow_mut();
+            totals.dropped_at_mark = totals.result.dropped;
+            totals.result.heartbeats = Some(HeartbeatReport::default());
+        }
+
+        fn finish(&self) -> ShardResult {
+            let streams = self.streams.borrow();
+            let mut totals = self.totals.borrow_mut();
+            let mut result = totals.result.clone();
+            let mut heartbeat_counts: BTreeMap<u64, usize> = BTreeMap::new();
+            for stream in streams.iter().filter(|stream| stream.established) {
+                result.deliveries_expected += stream.expected;
+                result.deliveries_received += stream.received.min(stream.expected);
+                result.extra_deliveries += stream.received.saturating_sub(stream.expected);
+                *heartbeat_counts
+                    .entry(stream.heartbeats - stream.heartbeats_at_mark)
+                    .or_default() += 1;
+            }
+            if let Some(heartbeats) = &mut result.heartbeats {
+                heartbeats.per_connection = heartbeat_counts.into_iter().collect();
+                heartbeats.dropped = result.dropped - totals.dropped_at_mark;
+            }
+            result.latency = totals.latency.to_data();
+            totals.result = ShardResult::default();
+            result
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The parent side: server, shards, publishing, the report
+// ---------------------------------------------------------------------------
+
+mod orchestrator {
+    use super::*;
+
+    /// A server started by the tool; stopped (by PID) when dropped.
+    struct ServerProcess {
+        child: Child,
+        port: u16,
+    }
+
+    impl ServerProcess {
+        fn start(
+            binary: &Path,
+            core: usize,
+            secret: &str,
+            env: &[(String, String)],
+        ) -> Result<Self, String> {
+            let mut command = Command::new("taskset");
+            command
+                .arg("-c")
+                .arg(core.to_string())
+                .arg(binary)
+                .env("JWT_SECRET", secret)
+                .env("HOST", "127.0.0.1")
+                .env("PORT", "0")
+                .env("RUST_LOG", "warn,herald=info")
+                .env("SHUTDOWN_DRAIN_SECS", "0.5")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            for (key, value) in env {
+                command.env(key, value);
+            }
+            let mut child = command
+                .spawn()
+                .map_err(|e| format!("cannot start taskset {}: {e}", binary.display()))?;
+            let Some(stderr) = child.stderr.take() else {
+                return Err("the server's stderr is not piped".into());
+            };
+            // The log is read to its end, so the server never blocks on a full
+            // pipe; the line with the port is passed back, the rest echoed.
+            let (port_in, port_out) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("  herald | {line}");
+                    if let Some(at) = line.find("Herald listening on http://") {
+                        let port = line[at..].rsplit(':').next().and_then(|p| p.parse().ok());
+                        if let Some(port) = port {
+                            // The receiver is gone once start-up timed out; nothing to do.
+                            let _ = port_in.send(port);
+                        }
+                    }
+                }
+            });
+            let until = std::time::Instant::now() + SERVER_START_TIMEOUT;
+            let mut server = Self { child, port: 0 };
+            while std::time::Instant::now() < until {
+                if let Ok(port) = port_out.recv_timeout(Duration::from_millis(100)) {
+                    server.port = port;
+                    return Ok(server);
+                }
+                // A server that cannot start (bad path, bad setting) exits at once.
+                if let Ok(Some(status)) = server.child.try_wait() {
+                    return Err(format!(
+                        "taskset {} exited before listening ({status}); see its log above",
+                        binary.display()
+                    ));
+                }
+            }
+            server.stop();
+            Err(format!(
+                "{} did not report a port within {SERVER_START_TIMEOUT:?}",
+                binary.display()
+            ))
+        }
+
+        fn pid(&self) -> u32 {
+            // `taskset` execs the server, so the child's PID is the server's.
+            self.child.id()
+        }
+
+        /// SIGTERM, then SIGKILL if it has not exited in time. It blocks the
+        /// thread, which is fine: it runs at the end of a run, with no
+        /// measurement left in progress.
+        fn stop(&mut self) {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            // SAFETY: kill() with a PID we started and have not reaped yet.
+            unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
+            let until = std::time::Instant::now() + SERVER_STOP_TIMEOUT;
+            while std::time::Instant::now() < until {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // Errors mean it has exited after all.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Drop for ServerProcess {
+        fn drop(&mut self) {
+            self.stop();
+        }
+    }
+
+    /// What the parent knows of one shard.
+    #[derive(Default)]
+    struct ShardState {
+        ready: bool,
+        connected: Option<ConnectReport>,
+        complete: bool,
+        finished: Option<ShardResult>,
+        /// Its stdout closed (it exited or crashed).
+        exited: bool,
+    }
+
+    enum Incoming {
+        Message(ShardMessage),
+        Garbled(String),
+        Exited,
+    }
+
+    struct ShardProcess {
+        child: Child,
+        stdin: Option<ChildStdin>,
+        state: ShardState,
+    }
+
+    /// The running shard processes; killed (by PID) when dropped.
+    struct Shards {
+        processes: Vec<ShardProcess>,
+        incoming: mpsc::UnboundedReceiver<(usize, Incoming)>,
+    }
+
+    impl Shards {
+        fn spawn(plans: &[ShardPlan], secret: &str) -> Result<Self, String> {
+            let executable =
+                std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+            let (incoming_in, incoming) = mpsc::unbounded_channel();
+            let mut shards = Self {
+                processes: Vec::new(),
+                incoming,
+            };
+            for plan in plans {
+                let plan_json = serde_json::to_string(plan).map_err(|e| e.to_string())?;
+                let mut child = Command::new(&executable)
+                    .arg("--shard")
+                    .arg(plan_json)
+                    .env(SECRET_VARIABLE, secret)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .map_err(|e| format!("cannot start shard {}: {e}", plan.index))?;
+                let stdin = child.stdin.take();
+                let stdout = child.stdout.take();
+                shards.processes.push(ShardProcess {
+                    child,
+                    stdin,
+                    state: ShardState::default(),
+                });
+                let Some(stdout) = stdout else {
+                    return Err("a shard's stdout is not piped".into());
+                };
+                let index = plan.index;
+                let sender = incoming_in.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(stdout).lines() {
+                        let Ok(line) = line else { break };
+                        let incoming = match serde_json::from_str(&line) {
+                            Ok(message) => Incoming::Message(message),
+                            Err(_) => Incoming::Garbled(line),
+                        };
+                        if sender.send((index, incoming)).is_err() {
+                            return;
+                        }
+                    }
+                    // The parent may have stopped listening; then nobody cares.
+                    let _ = sender.send((index, Incoming::Exited));
+                });
+            }
+            Ok(shards)
+        }
+
+        fn pids(&self) -> Vec<u32> {
+            self.processes.iter().map(|p| p.child.id()).collect()
+        }
+
+        fn send_all(&mut self, command: &str) -> Result<(), String> {
+            for (index, process) in self.processes.iter_mut().enumerate() {
+                if let Some(stdin) = &mut process.stdin {
+                    writeln!(stdin, "{command}")
+                        .and_then(|()| stdin.flush())
+                        .map_err(|e| format!("telling shard {index} to {command}: {e}"))?;
+                }
+            }
+            Ok(())
+        }
+
+        /// Waits until every shard satisfies `done`. Ok(false) at the deadline;
+        /// an error when a shard exits first.
+        async fn wait(
+            &mut self,
+            deadline: Instant,
+            what: &str,
+            done: impl Fn(&ShardState) -> bool,
+        ) -> Result<bool, String> {
+            loop {
+                if self.processes.iter().all(|p| done(&p.state)) {
+                    return Ok(true);
+                }
+                if let Some(index) = self
+                    .processes
+                    .iter()
+                    .position(|p| p.state.exited && !done(&p.state))
+                {
+                    return Err(format!("shard {index} exited before {what}"));
+                }
+                let (index, incoming) = match timeout_at(deadline, self.incoming.recv()).await {
+                    Err(_) => return Ok(false),
+                    Ok(None) => return Err("every shard reader has stopped".into()),
+                    Ok(Some(received)) => received,
+                };
+                let state = &mut self.processes[index].state;
+                match incoming {
+                    Incoming::Message(ShardMessage::Ready) => state.ready = true,
+                    Incoming::Message(ShardMessage::Connected(report)) => {
+                        state.connected = Some(report)
+                    }
+                    Incoming::Message(ShardMessage::Complete) => state.complete = true,
+                    Incoming::Message(ShardMessage::Finished(result)) => {
+                        state.finished = Some(result)
+                    }
+                    Incoming::Garbled(line) => eprintln!("loadgen: shard {index} said {line:?}"),
+                    Incoming::Exited => state.exited = true,
+                }
+            }
+        }
+
+        /// Waits up to `grace` for the shards to exit, then kills the rest.
+        fn reap(&mut self, grace: Duration) {
+            for process in &mut self.processes {
+                // Closing stdin reads as `stop` to a shard still running.
+                process.stdin = None;
+            }
+            let until = std::time::Instant::now() + grace;
+            for process in &mut self.processes {
+                while std::time::Instant::now() < until
+                    && matches!(process.child.try_wait(), Ok(None))
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if matches!(process.child.try_wait(), Ok(None)) {
+                    // Errors mean it has exited after all.
+                    let _ = process.child.kill();
+                }
+                let _ = process.child.wait();
+            }
+        }
+    }
+
+    impl Drop for Shards {
+        fn drop(&mut self) {
+            self.reap(Duration::ZERO);
+        }
+    }
+
+    /// CPU times at one moment: the server's, the tool's (parent and shards),
+    /// and how busy the two cores were, whoever ran on them.
+    #[derive(Clone, Copy)]
+    struct CpuSample {
+        at: Instant,
+        server_ticks: Option<u64>,
+        tool_ticks: u64,
+        server_core: Option<(u64, u64)>,
+        tool_core: Option<(u64, u64)>,
+    }
+
+    /// What a [`CpuSample`] is taken of.
+    struct Sampled<'a> {
+        server_pid: Option<u32>,
+        shard_pids: &'a [u32],
+        server_core: usize,
+        tool_core: usize,
+    }
+
+    impl Sampled<'_> {
+        fn sample(&self) -> CpuSample {
+            let tool_ticks = system::cpu_ticks("self").unwrap_or(0)
+                + self
+                    .shard_pids
+                    .iter()
+                    .filter_map(|pid| system::cpu_ticks(&pid.to_string()))
+                    .sum::<u64>();
+            CpuSample {
+                at: Instant::now(),
+                server_ticks: self
+                    .server_pid
+                    .and_then(|pid| system::cpu_ticks(&pid.to_string())),
+                tool_ticks,
+                server_core: system::core_ticks(self.server_core),
+                tool_core: system::core_ticks(self.tool_core),
+            }
+        }
+    }
+
+    /// CPU used between two samples. A process fraction near 1.0 means it had
+    /// its whole core: the tool's figure tells whether the tool, rather than
+    /// the server, was the limit. A core busier than its process shows other
+    /// work on that core (other programs, or interrupts and network softirqs,
+    /// which are not charged to any process).
+    #[derive(Clone, Debug, Serialize)]
+    struct CpuWindow {
+        wall_secs: f64,
+        server_cpu_secs: Option<f64>,
+        server_cpu_fraction: Option<f64>,
+        server_core_busy_fraction: Option<f64>,
+        tool_cpu_secs: f64,
+        tool_cpu_fraction: f64,
+        tool_core_busy_fraction: Option<f64>,
+    }
+
+    impl CpuWindow {
+        fn between(start: CpuSample, end: CpuSample) -> Self {
+            let ticks = system::ticks_per_second();
+            let wall_secs = (end.at - start.at).as_secs_f64();
+            let fraction = |seconds: f64| {
+                if wall_secs > 0.0 {
+                    round(seconds / wall_secs, 3)
+                } else {
+                    0.0
+                }
+            };
+            let busy = |start: Option<(u64, u64)>, end: Option<(u64, u64)>| {
+                let ((busy_a, total_a), (busy_b, total_b)) = start.zip(end)?;
+                let total = total_b.saturating_sub(total_a);
+                (total > 0).then(|| round(busy_b.saturating_sub(busy_a) as f64 / total as f64, 3))
+            };
+            let server_cpu_secs = start
+                .server_ticks
+                .zip(end.server_ticks)
+                .map(|(a, b)| b.saturating_sub(a) as f64 / ticks);
+            let tool_cpu_secs = end.tool_ticks.saturating_sub(start.tool_ticks) as f64 / ticks;
+            Self {
+                wall_secs: round(wall_secs, 3),
+                server_cpu_secs: server_cpu_secs.map(|s| round(s, 3)),
+                server_cpu_fraction: server_cpu_secs.map(fraction),
+                server_core_busy_fraction: busy(start.server_core, end.server_core),
+                tool_cpu_secs: round(tool_cpu_secs, 3),
+                tool_cpu_fraction: fraction(tool_cpu_secs),
+                tool_core_busy_fraction: busy(start.tool_core, end.tool_core),
+            }
+        }
+
+        /// Server CPU microseconds per unit of work done in the window.
+        fn server_us_per(&self, work: u64) -> Option<f64> {
+            let seconds = self.server_cpu_secs?;
+            (work > 0).then(|| round(seconds * 1e6 / work as f64, 2))
+        }
+    }
+
+    /// p50, p99 and max of a latency histogram, in milliseconds.
+    #[derive(Clone, Debug, Serialize)]
+    struct Latency {
+        samples: u64,
+        p50_ms: f64,
+        p99_ms: f64,
+        max_ms: f64,
+    }
+
+    impl From<&Histogram> for Latency {
+        fn from(histogram: &Histogram) -> Self {
+            let ms = |micros: u64| round(micros as f64 / 1000.0, 3);
+            Self {
+                samples: histogram.count,
+                p50_ms: ms(histogram.quantile(0.50)),
+                p99_ms: ms(histogram.quantile(0.99)),
+                max_ms: ms(histogram.max),
+            }
+        }
+    }
+
+    /// One run's figures, printed in this order.
+    #[derive(Debug, Serialize)]
+    pub struct RunReport {
+        label: String,
+        server_pid: Option<u32>,
+        server_port: u16,
+        /// Subscriber processes the streams were spread over.
+        shards: usize,
+        connections: ConnectionsReport,
+        memory: MemoryReport,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        publish: Option<PublishReport>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        delivery: Option<DeliveryReport>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        heartbeats: Option<HeartbeatSummary>,
+        /// Established streams that ended before the run did, and why.
+        dropped_streams: usize,
+        drop_reasons: BTreeMap<String, usize>,
+        /// `/api/stats` before the streams opened and before they were closed.
+        server_stats_before: ServerStats,
+        server_stats_after: ServerStats,
+    }
+
+    #[derive(Debug, Serialize)]
+    struct ConnectionsReport {
+        requested: usize,
+        established: usize,
+        failed: usize,
+        /// Failed attempts by kind (`HTTP 429`, `connect: …`, `timeout`).
+        errors: BTreeMap<String, usize>,
+        first_error: Option<String>,
+        /// From the first attempt's start to the last attempt's end, over all shards.
+        connect_secs: f64,
+        /// Streams established (their `connected` event received) per second.
+        connect_rate_per_sec: Option<f64>,
+        /// From TCP connect to the `connected` event, per stream.
+        connect_latency: Latency,
+        server_cpu_us_per_connection: Option<f64>,
+        cpu: CpuWindow,
+    }
+
+    #[derive(Debug, Serialize)]
+    struct MemoryReport {
+        /// The server's VmRSS before the streams opened, and once all had.
+        server_rss_before_kib: Option<u64>,
+        server_rss_after_kib: Option<u64>,
+        /// The difference per established stream (user space only: socket
+        /// buffers are kernel memory).
+        bytes_per_connection: Option<f64>,
+    }
+
+    #[derive(Debug, Serialize)]
+    struct PublishReport {
+        events: usize,
+        target: Target,
+        /// `null`: as fast as the publishers could.
+        rate_per_sec_asked: Option<f64>,
+        /// Concurrent requests, each on its own keep-alive connection.
+        publishers: usize,
+        accepted: usize,
+        failed: usize,
+        first_error: Option<String>,
+        /// Sum of `recipients` in the 202 answers.
+        recipients_reported: u64,
+        publish_secs: f64,
+        publish_rate_per_sec: f64,
+        /// Round trip of one `POST /api/send`.
+        request_latency: Latency,
+    }
+
+    #[derive(Debug, Serialize)]
+    struct DeliveryReport {
+        /// Every established stream received all it should before the drain timeout.
+        complete: bool,
+        expected: u64,
+        received: u64,
+        lost: u64,
+        loss_fraction: Option<f64>,
+        duplicates: u64,
+        out_of_order: u64,
+        malformed: u64,
+        other_events: u64,
+        /// From the first publish request to the last delivery.
+        window_secs: f64,
+        deliveries_per_sec: Option<f64>,
+        /// From the publish request being written to the event being read.
+        latency: Latency,
+        server_cpu_us_per_delivery: Option<f64>,
+        /// From the first publish request until every stream had all its events.
+        cpu: CpuWindow,
+    }
+
+    #[derive(Debug, Serialize)]
+    struct HeartbeatSummary {
+        interval_secs: Option<f64>,
+        streams_watched: usize,
+        /// A window of W seconds holds at least floor(W / interval) − 1
+        /// heartbeats whatever its phase; a stream with fewer stopped hearing them.
+        expected_at_least: Option<u64>,
+        streams_below_expected: Option<usize>,
+        min_per_stream: Option<u64>,
+        max_per_stream: Option<u64>,
+        /// Heartbeats received in the window → streams that received that many.
+        per_stream: BTreeMap<u64, usize>,
+        dropped_during_watch: usize,
+        total_received: u64,
+        server_cpu_us_per_heartbeat: Option<f64>,
+        cpu: CpuWindow,
+    }
+
+    /// The `/api/stats` figures the report shows.
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    struct ServerStats {
+        connections: Option<u64>,
+        events_published: Option<u64>,
+        events_delivered: Option<u64>,
+        slow_client_disconnects: Option<u64>,
+        connections_opened: Option<u64>,
+        connections_refused: Option<u64>,
+        #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    }
+
+    impl ServerStats {
+        async fn fetch(port: u16, admin_token: &str) -> Self {
+            match wire::server_stats(port, admin_token).await {
+                Ok(stats) => serde_json::from_value(stats).unwrap_or_else(|e| Self {
+                    error: Some(format!("unexpected /api/stats: {e}")),
+                    ..Self::default()
+                }),
+                Err(error) => Self {
+                    error: Some(error),
+                    ..Self::default()
+                },
+            }
+        }
+    }
+
+    /// The shards of a run: streams split evenly, at most `per_process` each.
+    fn plans(spec: &RunSpec, options: &Options, port: u16) -> Vec<ShardPlan> {
+        let count = spec.connections.div_ceil(options.per_process).max(1);
+        let concurrency = options.connect_concurrency.div_ceil(count);
+        let mut first = 0;
+        (0..count)
+            .map(|index| {
+                let connections =
+                    spec.connections / count + usize::from(index < spec.connections % count);
+                let plan = ShardPlan {
+                    index,
+                    first_connection: first,
+                    connections,
+                    port,
+                    events: spec.events,
+                    target: spec.target,
+                    users: spec.connections,
+                    connect_concurrency: concurrency,
+                    source_addresses: options.source_addresses,
+                    core: options.tool_core,
+                    timeout_secs: (options.timeout + SHARD_GRACE).as_secs_f64(),
+                };
+                first += connections;
+                plan
+            })
+            .collect()
+    }
+
+    /// One run, start to end.
+    pub async fn run(spec: &RunSpec, options: &Options) -> Result<RunReport, String> {
+        let deadline = Instant::now() + options.timeout;
+        let (mut server, port, server_pid) = match &options.server {
+            ServerTarget::Spawn { binary, core, env } => {
+                let mut env = env.clone();
+                if let Some(interval) = spec.heartbeat_interval {
+                    env.push(("HEARTBEAT_INTERVAL".into(), interval.to_string()));
+                }
+                let server = ServerProcess::start(binary, *core, &options.secret, &env)?;
+                let (port, pid) = (server.port, server.pid());
+                (Some(server), port, Some(pid))
+            }
+            ServerTarget::External { port, pid } => (None, *port, *pid),
+        };
+        let admin = mint_token(&options.secret, "loadgen-admin", true)?;
+        // Checks the admin token, and warms the server up before anything is measured.
+        wire::server_stats(port, &admin).await?;
+        let server_stats_before = ServerStats::fetch(port, &admin).await;
+        let rss_before = server_pid.and_then(system::rss_kib);
+
+        let plans = plans(spec, options, port);
+        eprintln!(
+            "loadgen: server pid {} port {port}; {} stream(s) over {} shard process(es)",
+            server_pid.map_or("?".into(), |pid| pid.to_string()),
+            spec.connections,
+            plans.len()
+        );
+        let mut shards = Shards::spawn(&plans, &options.secret)?;
+        let shard_pids = shards.pids();
+        let sampled = Sampled {
+            server_pid,
+            shard_pids: &shard_pids,
+            server_core: options.server_core,
+            tool_core: options.tool_core,
+        };
+        let sample = || sampled.sample();
+        if !shards.wait(deadline, "ready", |s| s.ready).await? {
+            return Err("the shards were not ready before the timeout".into());
+        }
+
+        // Connect.
+        let before = sample();
+        shards.send_all("connect")?;
+        if !shards
+            .wait(deadline, "connecting", |s| s.connected.is_some())
+            .await?
+        {
+            return Err("connection attempts did not end before the timeout".into());
+        }
+        let cpu = CpuWindow::between(before, sample());
+        let rss_after = server_pid.and_then(system::rss_kib);
+        let connect_reports: Vec<&ConnectReport> = shards
+            .processes
+            .iter()
+            .filter_map(|p| p.state.connected.as_ref())
+            .collect();
+        let connections = summarize_connects(spec, &connect_reports, cpu);
+        eprintln!(
+            "loadgen: {} of {} streams established in {} s",
+            connections.established, spec.connections, connections.connect_secs
+        );
+        let established = connections.established;
+        let memory = MemoryReport {
+            server_rss_before_kib: rss_before,
+            server_rss_after_kib: rss_after,
+            bytes_per_connection: rss_before.zip(rss_after).and_then(|(before, after)| {
+                (established > 0).then(|| {
+                    round(
+                        (after as f64 - before as f64) * 1024.0 / established as f64,
+                        0,
+                    )
+                })
+            }),
+        };
+
+        // Publish, and wait for the deliveries.
+        let mut publishing = None;
+        if spec.events > 0 {
+            eprintln!("loadgen: publishing {} events", spec.events);
+            let start = sample();
+            let published = publish(port, &admin, spec, options.publishers, deadline).await;
+            let published_at = Instant::now();
+            let drain_deadline = deadline.min(published_at + DRAIN_TIMEOUT);
+            let complete = shards
+                .wait(drain_deadline, "completing", |s| s.complete)
+                .await?;
+            let cpu = CpuWindow::between(start, sample());
+            eprintln!(
+                "loadgen: deliveries {}",
+                if complete {
+                    "complete"
+                } else {
+                    "incomplete at the drain timeout"
+                }
+            );
+            let publish_secs = (published_at - start.at).as_secs_f64();
+            let report = PublishReport {
+                events: spec.events,
+                target: spec.target,
+                rate_per_sec_asked: spec.rate,
+                publishers: options.publishers.min(spec.events),
+                accepted: published.accepted,
+                failed: published.failed,
+                first_error: published.first_error.clone(),
+                recipients_reported: published.recipients,
+                publish_secs: round(publish_secs, 3),
+                publish_rate_per_sec: round(published.accepted as f64 / publish_secs.max(1e-9), 1),
+                request_latency: Latency::from(&published.request_latency),
+            };
+            publishing = Some((report, complete, cpu, published.started_ns));
+        }
+
+        // Watch heartbeats.
+        let mut heartbeat_cpu = None;
+        if let Some(watch) = spec.heartbeat_watch {
+            eprintln!("loadgen: watching heartbeats for {watch:?}");
+            let start = sample();
+            shards.send_all("mark")?;
+            sleep_until((Instant::now() + watch).min(deadline)).await;
+            heartbeat_cpu = Some(CpuWindow::between(start, sample()));
+        }
+
+        // Read the server's counters while every stream is still open.
+        let server_stats_after = ServerStats::fetch(port, &admin).await;
+        shards.send_all("stop")?;
+        if !shards
+            .wait(deadline + SHARD_GRACE, "reporting", |s| {
+                s.finished.is_some()
+            })
+            .await?
+        {
+            return Err("the shards did not report before the timeout".into());
+        }
+        let results: Vec<ShardResult> = shards
+            .processes
+            .iter()
+            .filter_map(|p| p.state.finished.clone())
+            .collect();
+        shards.reap(SHARD_GRACE);
+        if let Some(server) = &mut server {
+            server.stop();
+        }
+
+        let mut drop_reasons: BTreeMap<String, usize> = BTreeMap::new();
+        for result in &results {
+            for (reason, count) in &result.drop_reasons {
+                *drop_reasons.entry(reason.clone()).or_default() += count;
+            }
+        }
+        let (publish, delivery) = match publishing {
+            Some((report, complete, cpu, started_ns)) => (
+                Some(report),
+                Some(summarize_deliveries(&results, complete, cpu, started_ns)),
+            ),
+            None => (None, None),
+        };
+        Ok(RunReport {
+            label: spec.label.clone(),
+            server_pid,
+            server_port: port,
+            shards: plans.len(),
+            connections,
+            memory,
+            publish,
+            delivery,
+            heartbeats: heartbeat_cpu.map(|cpu| summarize_heartbeats(spec, &results, cpu)),
+            dropped_streams: results.iter().map(|r| r.dropped).sum(),
+            drop_reasons,
+            server_stats_before,
+            server_stats_after,
+        })
+    }
+
+    fn summarize_connects(
+        spec: &RunSpec,
+        reports: &[&ConnectReport],
+        cpu: CpuWindow,
+    ) -> ConnectionsReport {
+        let established: usize = reports.iter().map(|r| r.established).sum();
+        let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+        let mut latency = Histogram::default();
+        for report in reports {
+            for (kind, count) in &report.errors {
+                *errors.entry(kind.clone()).or_default() += count;
+            }
+            latency.merge(&report.latency);
+        }
+        let started = reports.iter().map(|r| r.started_ns).min().unwrap_or(0);
+        let finished = reports.iter().map(|r| r.finished_ns).max().unwrap_or(0);
+        let connect_secs = finished.saturating_sub(started) as f64 / 1e9;
+        ConnectionsReport {
+            requested: spec.connections,
+            established,
+            failed: spec.connections - established,
+            errors,
+            first_error: reports.iter().find_map(|r| r.first_error.clone()),
+            connect_secs: round(connect_secs, 3),
+            connect_rate_per_sec: (connect_secs > 0.0)
+                .then(|| round(established as f64 / connect_secs, 0)),
+            connect_latency: Latency::from(&latency),
+            server_cpu_us_per_connection: cpu.server_us_per(established as u64),
+            cpu,
+        }
+    }
+
+    fn summarize_deliveries(
+        results: &[ShardResult],
+        complete: bool,
+        cpu: CpuWindow,
+        publish_started_ns: u64,
+    ) -> DeliveryReport {
+        let sum = |field: fn(&ShardResult) -> u64| results.iter().map(field).sum::<u64>();
+        let expected = sum(|r| r.deliveries_expected);
+        let received = sum(|r| r.deliveries_received);
+        let mut latency = Histogram::default();
+        for result in results {
+            latency.merge(&result.latency);
+        }
+        let last_delivery = results
+            .iter()
+            .map(|r| r.last_delivery_ns)
+            .max()
+            .unwrap_or(0);
+        let window_secs = last_delivery.saturating_sub(publish_started_ns) as f64 / 1e9;
+        DeliveryReport {
+            complete,
+            expected,
+            received,
+            lost: expected - received,
+            loss_fraction: (expected > 0)
+                .then(|| round((expected - received) as f64 / expected as f64, 6)),
+            duplicates: sum(|r| r.extra_deliveries),
+            out_of_order: sum(|r| r.out_of_order),
+            malformed: sum(|r| r.malformed),
+            other_events: sum(|r| r.other_events),
+            window_secs: round(window_secs, 3),
+            deliveries_per_sec: (window_secs > 0.0)
+                .then(|| round(received as f64 / window_secs, 0)),
+            latency: Latency::from(&latency),
+            server_cpu_us_per_delivery: cpu.server_us_per(received),
+            cpu,
+        }
+    }
+
+    fn summarize_heartbeats(
+        spec: &RunSpec,
+        results: &[ShardResult],
+        cpu: CpuWindow,
+    ) -> HeartbeatSummary {
+        let mut per_stream: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut dropped = 0;
+        for heartbeats in results.iter().filter_map(|r| r.heartbeats.as_ref()) {
+            dropped += heartbeats.dropped;
+            for (beats, streams) in &heartbeats.per_connection {
+                *per_stream.entry(*beats).or_default() += streams;
+            }
+        }
+        let total_received: u64 = per_stream
+            .iter()
+            .map(|(beats, streams)| beats * *streams as u64)
+            .sum();
+        let expected_at_least = spec
+            .heartbeat_interval
+            .map(|interval| ((cpu.wall_secs / interval).floor() as u64).saturating_sub(1));
+        HeartbeatSummary {
+            interval_secs: spec.heartbeat_interval,
+            streams_watched: per_stream.values().sum(),
+            expected_at_least,
+            streams_below_expected: expected_at_least
+                .map(|least| per_stream.range(..least).map(|(_, streams)| streams).sum()),
+            min_per_stream: per_stream.keys().next().copied(),
+            max_per_stream: per_stream.keys().next_back().copied(),
+            dropped_during_watch: dropped,
+            total_received,
+            server_cpu_us_per_heartbeat: cpu.server_us_per(total_received),
+            per_stream,
+            cpu,
+        }
+    }
+
+    /// What the publishers did.
+    #[derive(Default)]
+    struct Published {
+        accepted: usize,
+        failed: usize,
+        first_error: Option<String>,
+        recipients: u64,
+        request_latency: Histogram,
+        started_ns: u64,
+    }
+
+    impl Published {
+        fn fail(&mut self, error: String) {
+            self.failed += 1;
+            self.first_error.get_or_insert(error);
+        }
+    }
+
+    /// Publishes `spec.events` events from `publishers` keep-alive connections,
+    /// at `spec.rate` per second or as fast as they can.
+    async fn publish(
+        port: u16,
+        admin: &str,
+        spec: &RunSpec,
+        publishers: usize,
+        deadline: Instant,
+    ) -> Published {
+        let next = Rc::new(Cell::new(0));
+        let published = Rc::new(RefCell::new(Published {
+            started_ns: unix_nanos(),
+            ..Published::default()
+        }));
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..publishers.min(spec.events))
+            .map(|_| {
+                tokio::task::spawn_local(publisher(
+                    port,
+                    admin.to_owned(),
+                    spec.clone(),
+                    next.clone(),
+                    published.clone(),
+                    started,
+                    deadline,
+                ))
+            })
+            .collect();
+        for task in tasks {
+            if task.await.is_err() {
+                published
+                    .borrow_mut()
+                    .fail("a publisher task panicked".into());
+            }
+        }
+        published.take()
+    }
+
+    async fn publisher(
+        port: u16,
+        admin: String,
+        spec: RunSpec,
+        next: Rc<Cell<usize>>,
+        published: Rc<RefCell<Published>>,
+        started: Instant,
+        deadline: Instant,
+    ) {
+        let mut connection = match HttpConnection::open(port).await {
+            Ok(connection) => connection,
+            Err(error) => return published.borrow_mut().fail(error),
+        };
+        loop {
+            let seq = next.get();
+            if seq >= spec.events {
+                return;
+            }
+            next.set(seq + 1);
+            if let Some(rate) = spec.rate {
+                sleep_until(started + Duration::from_secs_f64(seq as f64 / rate)).await;
+            }
+            let body = publish_body(seq, &spec);
+            let sent = Instant::now();
+            let outcome = timeout_at(
+                deadline,
+                connection.request("POST", "/api/send", &admin, Some(&body)),
+            )
+            .await;
+            // Whether the connection must be replaced (its state is unknown
+            // after an error); decided before awaiting again.
+            let reconnect = {
+                let mut record = published.borrow_mut();
+                match outcome {
+                    Ok(Ok(response)) if response.status == 202 => {
+                        record.accepted += 1;
+                        record
+                            .request_latency
+                            .record(sent.elapsed().as_micros() as u64);
+                        match serde_json::from_slice::<Accepted>(&response.body) {
+                            Ok(accepted) => record.recipients += accepted.recipients,
+                            Err(e) => record.fail(format!("the 202 answer is unreadable: {e}")),
+                        }
+                        false
+                    }
+                    Ok(Ok(response)) => {
+                        record.fail(format!(
+                            "POST /api/send answered {}: {}",
+                            response.status,
+                            response.excerpt()
+                        ));
+                        false
+                    }
+                    Ok(Err(error)) => {
+                        record.fail(error);
+                        true
+                    }
+                    Err(_) => {
+                        return record.fail("the run's timeout passed while publishing".into());
+                    }
+                }
+            };
+            if reconnect {
+                match HttpConnection::open(port).await {
+                    Ok(fresh) => connection = fresh,
+                    Err(error) => return published.borrow_mut().fail(error),
+                }
+            }
+        }
+    }
+
+    /// The part of a 202 answer the tool checks.
+    #[derive(Deserialize)]
+    struct Accepted {
+        recipients: u64,
+    }
+
+    /// `{"event":"bench","data":{"seq":…,"sent_ns":…}}`, and `"user"` when targeted.
+    fn publish_body(seq: usize, spec: &RunSpec) -> Vec<u8> {
+        let data = Stamp {
+            seq: seq as u64,
+            sent_ns: unix_nanos(),
+        };
+        let body = match spec.target {
+            Target::Everyone => json!({ "event": EVENT_NAME, "data": data }),
+            Target::Users => json!({
+                "event": EVENT_NAME,
+                "data": data,
+                "user": user_of(seq % spec.connections.max(1)),
+            }),
+        };
+        body.to_string().into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wire::{parse_head, ChunkedDecoder, Head};
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_split() {
+        let wire = b"d\r\nretry: 5000\n\n\r\n5;ext=1\r\n:\n\nab\r\n0\r\nX-Trailer: y\r\n\r\n";
+        for split in 0..wire.len() {
+            let mut decoder = ChunkedDecoder::default();
+            let mut body = Vec::new();
+            let first = decoder.decode(&wire[..split], &mut body).unwrap();
+            let done = decoder.decode(&wire[split..], &mut body).unwrap();
+            assert!(!first || split == wire.len());
+            assert!(done, "split at {split}");
+            assert_eq!(body, b"retry: 5000\n\n:\n\nab", "split at {split}");
+        }
+    }
+
+    #[test]
+    fn malformed_chunks_are_errors() {
+        for wire in [&b"zz\r\n"[..], b"\r\n", b"2\r\nabX", b"fffffffffffff\r\n"] {
+            let mut body = Vec::new();
+            assert!(
+                ChunkedDecoder::default().decode(wire, &mut body).is_err(),
+                "{wire:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn response_heads_give_status_and_framing() {
+        let head = parse_head(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nTransfer-Encoding: chunked",
+        )
+        .unwrap();
+        assert_eq!(
+            head,
+            Head {
+                status: 200,
+                content_length: None,
+                chunked: true
+            }
+        );
+        let head = parse_head(b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 42").unwrap();
+        assert_eq!((head.status, head.content_length), (429, Some(42)));
+        assert!(parse_head(b"garbage").is_err());
+    }
+
+    #[test]
+    fn histogram_quantiles_are_within_one_percent() {
+        let mut histogram = Histogram::default();
+        for value in 1..=100_000 {
+            histogram.record(value);
+        }
+        for (q, exact) in [(0.5, 50_000.0), (0.99, 99_000.0)] {
+            let got = histogram.quantile(q) as f64;
+            assert!((got - exact).abs() / exact < 0.01, "q {q}: {got}");
+        }
+        assert_eq!(histogram.quantile(1.0), 100_000);
+        let mut merged = Histogram::default();
+        merged.merge(&histogram.to_data());
+        merged.merge(&histogram.to_data());
+        assert_eq!(merged.count, 200_000);
+        assert_eq!(merged.quantile(0.5), histogram.quantile(0.5));
+    }
+
+    #[test]
+    fn round_robin_expectations_add_up() {
+        let total: u64 = (0..1000)
+            .map(|index| expected_events(Target::Users, 2_500, 1000, index))
+            .sum();
+        assert_eq!(total, 2_500);
+        assert_eq!(expected_events(Target::Users, 2_500, 1000, 499), 3);
+        assert_eq!(expected_events(Target::Users, 2_500, 1000, 500), 2);
+        assert_eq!(expected_events(Target::Everyone, 200, 1000, 7), 200);
+    }
+}
