@@ -9,7 +9,7 @@
 mod history;
 mod outbox;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -237,6 +237,8 @@ pub struct Broadcaster {
     /// The newest id delivered or preloaded; a shared flow may repeat an
     /// event after a reconnect, and anything not newer is ignored.
     newest: Option<EventId>,
+    /// Events published and answered but not yet fanned out, in id order.
+    pending_fan_out: VecDeque<Stamped>,
     /// Every stream by its token's expiry, soonest first; one timer for all.
     expiries: BTreeSet<(u64, ClientId)>,
     /// The `token-expired` frame, encoded once.
@@ -263,6 +265,7 @@ impl Broadcaster {
             epoch: new_epoch(),
             next_seq: 1,
             newest: None,
+            pending_fan_out: VecDeque::new(),
             expiries: BTreeSet::new(),
             token_expired: sse::event(
                 None,
@@ -531,21 +534,45 @@ impl Handler<Disconnect> for Broadcaster {
 impl Handler<Publish> for Broadcaster {
     type Result = MessageResult<Publish>;
 
-    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) -> Self::Result {
-        let published = msg
-            .events
-            .iter()
-            .map(|event| {
-                let id = EventId::new(self.epoch, self.next_seq);
-                self.next_seq += 1;
-                let recipients = self.deliver(id, event);
-                Published {
-                    id: id.to_string(),
-                    recipients,
-                }
-            })
-            .collect();
+    /// Gives the events their ids and answers at once; the fan-out follows
+    /// (see [`FlushFanOut`]). Answering first matters: the publisher's reply
+    /// would otherwise queue on its worker behind every stream it just woke.
+    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
+        let mut published = Vec::with_capacity(msg.events.len());
+        for event in msg.events {
+            let id = EventId::new(self.epoch, self.next_seq);
+            self.next_seq += 1;
+            let mut recipients = 0;
+            self.each_recipient(&event.audience, |_, client| {
+                recipients += usize::from(client.outbox.is_open())
+            });
+            published.push(Published {
+                id: id.to_string(),
+                recipients,
+            });
+            self.pending_fan_out.push_back(Stamped { id, event });
+        }
+        ctx.notify(FlushFanOut);
         MessageResult(published)
+    }
+}
+
+/// Delivers every published event still waiting, oldest first.
+///
+/// The queue, not the order in which actix runs notifications (which is not
+/// FIFO), decides the order; history is written with the fan-out, so a stream
+/// registered in between receives each event once, live.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FlushFanOut;
+
+impl Handler<FlushFanOut> for Broadcaster {
+    type Result = ();
+
+    fn handle(&mut self, _: FlushFanOut, _: &mut Context<Self>) {
+        while let Some(stamped) = self.pending_fan_out.pop_front() {
+            self.deliver(stamped.id, &stamped.event);
+        }
     }
 }
 

@@ -303,3 +303,47 @@ async fn a_wrong_method_on_a_known_path_gets_a_json_405() {
         assert_eq!(body["error"], "method_not_allowed", "{method} {path}");
     }
 }
+
+#[actix_web::test]
+async fn events_from_many_concurrent_publishers_all_arrive_once_in_id_order() {
+    let server = spawn(&[]).await;
+    let (mut stream, _) = server.subscribe(&user_token("alice", &[]), "").await;
+    const PUBLISHERS: usize = 20;
+    const EACH: usize = 20;
+    let mut tasks = Vec::new();
+    for publisher in 0..PUBLISHERS {
+        let url = server.url("/api/send");
+        tasks.push(actix_web::rt::spawn(async move {
+            let client = client();
+            let mut ids = Vec::new();
+            for n in 0..EACH {
+                let mut response = client
+                    .post(&url)
+                    .bearer_auth(admin_token())
+                    .send_json(&json!({"data": [publisher, n]}))
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 202);
+                let answer: serde_json::Value = response.json().await.unwrap();
+                ids.push(answer["id"].as_str().unwrap().to_owned());
+            }
+            ids
+        }));
+    }
+    let mut accepted = Vec::new();
+    for task in tasks {
+        accepted.extend(task.await.unwrap());
+    }
+    let mut received = Vec::new();
+    for _ in 0..PUBLISHERS * EACH {
+        received.push(stream.next().await.id.unwrap());
+    }
+    let parse = |id: &String| id.parse::<herald::domain::EventId>().unwrap();
+    assert!(
+        received.windows(2).all(|w| parse(&w[0]) < parse(&w[1])),
+        "delivered in id order"
+    );
+    accepted.sort_by_key(parse);
+    assert_eq!(received, accepted, "every accepted event, once");
+    assert_eq!(server.stats().await["events_published"], PUBLISHERS * EACH);
+}
