@@ -165,6 +165,12 @@ impl RedisBus {
     }
 }
 
+/// Waits `backoff`, then doubles it up to `MAX_BACKOFF`.
+async fn back_off(backoff: &mut Duration) {
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+}
+
 /// Reads a stream entry back into an event; `None` for an entry Herald did not write.
 fn decode(entry: &StreamId) -> Option<Stamped> {
     let text = |field: &str| -> Option<String> {
@@ -279,8 +285,7 @@ impl Reader {
                 Ok(connection) => connection,
                 Err(e) => {
                     log::warn!("redis: reader cannot connect ({e}); retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    back_off(&mut backoff).await;
                     continue;
                 }
             };
@@ -293,16 +298,14 @@ impl Reader {
             if !self.preloaded {
                 if let Err(e) = self.preload_on(&mut connection).await {
                     log::warn!("redis: cannot read history ({e}); retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    back_off(&mut backoff).await;
                     continue;
                 }
             }
             backoff = MIN_BACKOFF;
             if let Err(e) = self.follow(&mut connection).await {
                 log::warn!("redis: reader lost its connection ({e}); reconnecting");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                back_off(&mut backoff).await;
             }
         }
     }

@@ -15,7 +15,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use askama::Template;
 use serde::Deserialize;
 
-use super::{endpoint, AppState};
+use super::{content_type_is, endpoint, read_body, AppState};
 use crate::auth::{origin_is_trusted, Auth, Identity, TokenSource};
 use crate::domain::UserId;
 use crate::error::ApiError;
@@ -140,20 +140,12 @@ async fn login(
     auth: web::Data<Auth>,
 ) -> Result<HttpResponse, ApiError> {
     refuse_unless_enabled(&req, &state, &auth)?;
-    if !is_form(&req) {
+    if !content_type_is(&req, "application/x-www-form-urlencoded") {
         return Err(ApiError::BadRequest(
             "the sign-in form must be sent as application/x-www-form-urlencoded".into(),
         ));
     }
-    let body = match payload.to_bytes_limited(MAX_FORM_BYTES).await {
-        Ok(Ok(body)) => body,
-        Ok(Err(e)) => {
-            return Err(ApiError::BadRequest(format!(
-                "the form could not be read: {e}"
-            )))
-        }
-        Err(_) => return Err(ApiError::PayloadTooLarge(MAX_FORM_BYTES)),
-    };
+    let body = read_body(payload, MAX_FORM_BYTES).await?;
     let form = parse_form(&body)?;
     let user = UserId::parse(form.user.trim())
         .map_err(|e| ApiError::BadRequest(format!("user name: {e}")))?;
@@ -232,14 +224,6 @@ fn back_to_page() -> actix_web::HttpResponseBuilder {
         .insert_header((header::LOCATION, "/"))
         .insert_header((header::CACHE_CONTROL, "no-store"));
     response
-}
-
-fn is_form(req: &HttpRequest) -> bool {
-    req.headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<mime::Mime>().ok())
-        .is_some_and(|mime| mime.essence_str() == "application/x-www-form-urlencoded")
 }
 
 /// Parses a urlencoded form body (the same encoding as a query string).

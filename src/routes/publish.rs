@@ -1,12 +1,10 @@
 //! `POST /api/send`: publish one event or a batch (admin).
 
-use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::AppState;
+use super::{content_type_is, read_body, AppState};
 use crate::auth::Admin;
 use crate::broadcaster::{Audience, Outgoing};
 use crate::domain::{Channel, EventName, UserId};
@@ -111,50 +109,16 @@ pub fn parse_body(body: &[u8], max_batch: usize) -> Result<(Vec<Outgoing>, bool)
     }
 }
 
-fn is_json(req: &HttpRequest) -> bool {
-    req.headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<mime::Mime>().ok())
-        .is_some_and(|mime| mime.essence_str() == "application/json")
-}
-
-/// Reads the body, refusing more than `limit` bytes without buffering them.
-async fn read_limited(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<web::BytesMut, ApiError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return Err(ApiError::PayloadTooLarge(limit));
-    }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("the body could not be read: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge(limit));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
 pub async fn send(
     req: HttpRequest,
     _admin: Admin,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    if !is_json(&req) {
+    if !content_type_is(&req, "application/json") {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let body = read_limited(&req, payload, state.config.max_body_bytes).await?;
+    let body = read_body(payload, state.config.max_body_bytes).await?;
     let (events, batch) = parse_body(&body, state.config.max_batch)?;
     let published = state.bus.publish(events).await?;
     let answer = if batch {
