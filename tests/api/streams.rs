@@ -347,3 +347,41 @@ async fn events_from_many_concurrent_publishers_all_arrive_once_in_id_order() {
     assert_eq!(received, accepted, "every accepted event, once");
     assert_eq!(server.stats().await["events_published"], PUBLISHERS * EACH);
 }
+
+#[actix_web::test]
+async fn only_allowed_origins_get_cors_headers_with_credentials() {
+    let server = spawn(&[("CORS_ALLOWED_ORIGINS", "https://app.example")]).await;
+    let preflight = |origin: &str| {
+        server
+            .client()
+            .request(actix_web::http::Method::OPTIONS, server.url("/api/events"))
+            .insert_header(("origin", origin.to_owned()))
+            .insert_header(("access-control-request-method", "GET"))
+            .insert_header(("access-control-request-headers", "last-event-id"))
+    };
+    let allowed = preflight("https://app.example").send().await.unwrap();
+    let headers = allowed.headers();
+    assert_eq!(
+        headers.get("access-control-allow-origin").unwrap(),
+        "https://app.example"
+    );
+    assert_eq!(
+        headers.get("access-control-allow-credentials").unwrap(),
+        "true"
+    );
+    let other = preflight("https://evil.example").send().await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    let request = server
+        .client()
+        .get(server.url("/api/events"))
+        .bearer_auth(user_token("alice", &[]))
+        .insert_header(("origin", "https://app.example"));
+    let mut stream = Sse::open(request).await;
+    assert_eq!(stream.status, 200);
+    assert_eq!(
+        stream.headers.get("access-control-allow-origin").unwrap(),
+        "https://app.example"
+    );
+    assert_eq!(stream.next().await.event, "connected");
+}
