@@ -349,6 +349,20 @@ impl Broadcaster {
         }
     }
 
+    /// How many registered streams `audience` reaches, without touching their
+    /// queues (a stream that has just closed is still counted until it is
+    /// forgotten).
+    fn count_recipients(&mut self, audience: &Audience) -> usize {
+        match audience {
+            Audience::Everyone => self.clients.len(),
+            Audience::Targets { .. } => {
+                let mut count = 0;
+                self.each_recipient(audience, |_, _| count += 1);
+                count
+            }
+        }
+    }
+
     /// Queues one event on every matching stream; returns how many took it.
     fn deliver(&mut self, id: EventId, event: &Outgoing) -> usize {
         self.newest = Some(id);
@@ -542,10 +556,7 @@ impl Handler<Publish> for Broadcaster {
         for event in msg.events {
             let id = EventId::new(self.epoch, self.next_seq);
             self.next_seq += 1;
-            let mut recipients = 0;
-            self.each_recipient(&event.audience, |_, client| {
-                recipients += usize::from(client.outbox.is_open())
-            });
+            let recipients = self.count_recipients(&event.audience);
             published.push(Published {
                 id: id.to_string(),
                 recipients,
@@ -622,18 +633,12 @@ impl Handler<CountRecipients> for Broadcaster {
     type Result = MessageResult<CountRecipients>;
 
     fn handle(&mut self, msg: CountRecipients, _: &mut Context<Self>) -> Self::Result {
-        let counts = msg
-            .audiences
-            .iter()
-            .map(|audience| {
-                let mut count = 0;
-                self.each_recipient(audience, |_, client| {
-                    count += usize::from(client.outbox.is_open())
-                });
-                count
-            })
-            .collect();
-        MessageResult(counts)
+        MessageResult(
+            msg.audiences
+                .iter()
+                .map(|audience| self.count_recipients(audience))
+                .collect(),
+        )
     }
 }
 

@@ -155,6 +155,7 @@ impl Outbox {
     }
 
     /// Whether the stream is still being served.
+    #[cfg(test)]
     pub fn is_open(&self) -> bool {
         self.lock().ending.is_none()
     }
