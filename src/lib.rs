@@ -37,3 +37,10 @@ pub mod metrics;
 pub mod routes;
 pub mod sse;
 pub mod startup;
+
+// What the binary, the tests and the examples use.
+pub use auth::{unix_now, TokenSource, Verifier};
+pub use config::{raise_open_file_limit, Config};
+pub use domain::EventId;
+pub use routes::demo::DEMO_TOKEN_TTL_SECS;
+pub use startup::{Application, Shutdown};

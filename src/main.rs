@@ -3,10 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use herald::auth::Verifier;
 use herald::cli::{Cli, Command};
-use herald::config::{raise_open_file_limit, Config};
-use herald::startup::Application;
+use herald::{raise_open_file_limit, Application, Config, Verifier};
 
 fn main() -> ExitCode {
     // A missing .env is the normal case; a broken one is reported by the settings it lacks.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use actix_web::cookie::{time, SameSite};
 use fantoccini::cookies::Cookie;
 use fantoccini::Locator;
-use herald::routes::demo::DEMO_TOKEN_TTL_SECS;
+use herald::DEMO_TOKEN_TTL_SECS;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Map, Value};
 

@@ -117,7 +117,7 @@ async fn node(redis: &Redis, extra: &[(&str, &str)]) -> TestServer {
     spawn(&pairs).await
 }
 
-fn event_id(answer: &Value) -> herald::domain::EventId {
+fn event_id(answer: &Value) -> herald::EventId {
     answer["id"].as_str().unwrap().parse().unwrap()
 }
 
@@ -199,7 +199,7 @@ async fn ids_are_ordered_cluster_wide_and_every_node_sees_one_order() {
                 frame
                     .id
                     .unwrap()
-                    .parse::<herald::domain::EventId>()
+                    .parse::<herald::EventId>()
                     .unwrap(),
             );
         }

@@ -7,9 +7,9 @@ use std::time::Duration;
 use actix_web::rt::time::timeout;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use herald::config::Config;
+use herald::Config;
 use herald::sse::{Frame, Parser};
-use herald::startup::{Application, Shutdown};
+use herald::{Application, Shutdown};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 
@@ -19,7 +19,7 @@ pub const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn now() -> u64 {
-    herald::auth::unix_now()
+    herald::unix_now()
 }
 
 /// Test settings: a known secret, port 0, overridden by `pairs`.

@@ -165,9 +165,9 @@ fn the_token_command_mints_a_token_the_server_accepts() {
     );
     let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
     let config = config(&[]);
-    let verifier = herald::auth::Verifier::new(&config.jwt, None).unwrap();
+    let verifier = herald::Verifier::new(&config.jwt, None).unwrap();
     let identity = verifier
-        .verify(&token, herald::auth::TokenSource::Header)
+        .verify(&token, herald::TokenSource::Header)
         .unwrap();
     assert_eq!(identity.user.as_str(), "alice");
     assert!(identity.admin);

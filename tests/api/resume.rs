@@ -124,8 +124,8 @@ async fn unknown_or_evicted_ids_resume_with_recovered_false() {
                 .to_owned(),
         );
     }
-    let newest: herald::domain::EventId = ids[5].parse().unwrap();
-    let future = herald::domain::EventId::new(newest.epoch + 1, 1).to_string();
+    let newest: herald::EventId = ids[5].parse().unwrap();
+    let future = herald::EventId::new(newest.epoch + 1, 1).to_string();
     let cases = [
         ("retained", ids[3].clone(), true, 2),
         ("evicted", ids[0].clone(), false, 3),
@@ -169,7 +169,7 @@ async fn an_id_from_before_a_restart_is_unknown_but_events_since_are_replayed() 
         since["id"]
             .as_str()
             .unwrap()
-            .parse::<herald::domain::EventId>()
+            .parse::<herald::EventId>()
             .unwrap()
             > old_id.parse().unwrap(),
         "ids keep increasing across a restart"

@@ -163,7 +163,7 @@ async fn a_batch_is_published_in_order_with_increasing_ids() {
         .map(|e| e["recipients"].as_u64().unwrap())
         .collect();
     assert_eq!(recipients, [1, 1, 1, 0]);
-    let ids: Vec<herald::domain::EventId> = events
+    let ids: Vec<herald::EventId> = events
         .iter()
         .map(|e| e["id"].as_str().unwrap().parse().unwrap())
         .collect();
@@ -338,7 +338,7 @@ async fn events_from_many_concurrent_publishers_all_arrive_once_in_id_order() {
     for _ in 0..PUBLISHERS * EACH {
         received.push(stream.next().await.id.unwrap());
     }
-    let parse = |id: &String| id.parse::<herald::domain::EventId>().unwrap();
+    let parse = |id: &String| id.parse::<herald::EventId>().unwrap();
     assert!(
         received.windows(2).all(|w| parse(&w[0]) < parse(&w[1])),
         "delivered in id order"
