@@ -5,7 +5,6 @@
 //! takes [`Admin`] only for a token with the `admin` role.
 
 use std::future::{ready, Ready};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::http::{header, Method};
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
@@ -14,6 +13,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::unix_now;
 use crate::config::{JwtAlgorithm, JwtConfig};
 use crate::domain::{ChannelPattern, UserId};
 use crate::error::ApiError;
@@ -57,12 +57,18 @@ pub struct Identity {
     pub channel_patterns: Vec<ChannelPattern>,
     /// The token's `exp`, in seconds since the Unix epoch.
     pub expires_at: u64,
+    /// Until when the token counts as valid: `exp` plus the clock leeway
+    /// that admitted it. A stream opened with it lasts until then; one rule
+    /// for accepting a token and for ending its stream.
+    pub valid_until: u64,
     pub source: TokenSource,
 }
 
 /// An [`Identity`] whose token carries the `admin` role.
 #[derive(Clone, Debug)]
-pub struct Admin(pub Identity);
+/// (Only its presence matters today: publishing and stats act for the
+/// server, not for a user.)
+pub struct Admin;
 
 /// Validates tokens with the one configured algorithm and key.
 pub struct Verifier {
@@ -72,6 +78,8 @@ pub struct Verifier {
     signer: Option<(EncodingKey, Header)>,
     /// `aud` and `iss` written into minted tokens (the configured ones).
     audience: Option<String>,
+    /// Seconds a token is still accepted after its `exp` (`JWT_LEEWAY_SECS`).
+    leeway_secs: u64,
     issuer: Option<String>,
 }
 
@@ -170,6 +178,7 @@ impl Verifier {
             signer: signer.map(|key| (key, Header::new(algorithm))),
             audience: config.audience.clone(),
             issuer: config.issuer.clone(),
+            leeway_secs: config.leeway_secs,
         })
     }
 
@@ -204,11 +213,13 @@ impl Verifier {
             .map(|raw| ChannelPattern::parse(raw))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ApiError::InvalidToken(format!("channels claim: {e}")))?;
+        let expires_at = claims.exp.max(0.0) as u64;
         Ok(Identity {
             user,
             admin: claims.roles.iter().any(|role| role == ADMIN_ROLE),
             channel_patterns,
-            expires_at: claims.exp.max(0.0) as u64,
+            expires_at,
+            valid_until: expires_at.saturating_add(self.leeway_secs),
             source,
         })
     }
@@ -246,13 +257,6 @@ impl Verifier {
         };
         jsonwebtoken::encode(header, &claims, key).map_err(|e| e.to_string())
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// What the extractors need, registered once as app data.
@@ -342,9 +346,9 @@ impl FromRequest for Admin {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(identify(req).and_then(|identity| {
+        ready(identify(req).and_then(|identity: Identity| {
             if identity.admin {
-                Ok(Admin(identity))
+                Ok(Admin)
             } else {
                 Err(ApiError::Forbidden(
                     "this needs a token with the `admin` role".into(),
@@ -410,5 +414,58 @@ mod tests {
             .insert_header((header::HOST, "localhost:3001"))
             .to_http_request();
         assert!(!origin_is_trusted(&missing, &[]));
+    }
+
+    fn verifier_with_leeway(leeway_secs: u64) -> Verifier {
+        let config = JwtConfig {
+            algorithm: JwtAlgorithm::Hs256,
+            secret: Some("a-test-secret-of-at-least-32-bytes!".into()),
+            public_key_file: None,
+            private_key_file: None,
+            audience: None,
+            issuer: None,
+            leeway_secs,
+        };
+        Verifier::new(&config, None).unwrap()
+    }
+
+    fn token_expiring_at(verifier: &Verifier, exp: u64) -> String {
+        let (key, header) = verifier.signer.as_ref().unwrap();
+        let claims = Claims {
+            sub: "alice".into(),
+            exp: exp as f64,
+            nbf: None,
+            iat: None,
+            aud: None,
+            iss: None,
+            roles: Vec::new(),
+            channels: None,
+        };
+        jsonwebtoken::encode(header, &claims, key).unwrap()
+    }
+
+    #[test]
+    fn a_token_admitted_by_the_leeway_stays_valid_until_exp_plus_the_leeway() {
+        let verifier = verifier_with_leeway(5);
+        let exp = unix_now() - 2;
+        let identity = verifier
+            .verify(&token_expiring_at(&verifier, exp), TokenSource::Header)
+            .expect("inside the leeway");
+        assert_eq!(identity.expires_at, exp);
+        assert_eq!(identity.valid_until, exp + 5);
+
+        let late = token_expiring_at(&verifier, unix_now() - 30);
+        assert!(matches!(
+            verifier.verify(&late, TokenSource::Header),
+            Err(ApiError::TokenExpired)
+        ));
+        let strict = verifier_with_leeway(0);
+        let identity = strict
+            .verify(
+                &token_expiring_at(&strict, unix_now() + 60),
+                TokenSource::Header,
+            )
+            .unwrap();
+        assert_eq!(identity.valid_until, identity.expires_at);
     }
 }

@@ -3,43 +3,52 @@
 //! # Map of the crate
 //!
 //! - [`config`]: every setting, its environment variable and default.
-//! - [`domain`]: validated names: users, channels, event names and ids.
+//! - [`clock`]: the wall clock, read in one place.
+//! - [`domain`]: validated names (users, channels, event names, ids) and the
+//!   events built from them (`Outgoing`, `Stamped`, `Audience`, `Published`).
 //! - [`sse`]: the wire format (encoder, and a parser for clients).
 //! - [`auth`]: where tokens are read, how they are validated, the extractors.
 //! - [`error`]: the one JSON error shape.
-//! - [`broadcaster`]: the actor owning every stream, the maps, history, heartbeat.
-//! - [`backend`]: the event flow publishing goes through (in memory, or shared).
+//! - [`broadcaster`]: the actor and its plain `Hub`, which owns every stream,
+//!   the maps, history and expiries; the actor adds messages and timers.
+//! - [`backend`]: the event flow publishing goes through (in memory, or
+//!   Redis), with its own error type.
 //! - [`routes`]: the HTTP endpoints.
 //! - [`metrics`]: counters, `/api/stats` and `/metrics`.
 //! - [`startup`]: `Application`: bind, start, serve, stop.
 //!
 //! # The path of an event
 //!
-//! `POST /api/send` is authenticated by the [`auth::Admin`] extractor; the
-//! handler validates the body into [`broadcaster::Outgoing`] events and hands
-//! them to the [`backend::EventBus`]. In memory, that is one `Publish` message
-//! to the [`broadcaster::Broadcaster`], which gives each event its id, encodes
-//! its SSE frame once, and pushes the same shared bytes into the bounded
-//! [`broadcaster::Outbox`] of every matching stream (a union, once each),
-//! then keeps the frame in history for resume. Each stream's response body
-//! ([`broadcaster::ClientStream`]) is woken, takes everything queued in one
-//! chunk, and actix writes it to the socket; the browser's `EventSource`
-//! fires the named event.
+//! `POST /api/send` is authenticated by the `auth::Admin` extractor; the
+//! handler validates the body into `domain::Outgoing` events and hands them
+//! to the `backend::EventBus`. In memory, that is one `Publish` message to the
+//! `broadcaster::Broadcaster` actor, whose `Hub` gives each event its id and
+//! answers; right after, the Hub encodes the event's SSE frame once and pushes
+//! the same shared bytes into the bounded `Outbox` of every matching stream
+//! (a union, once each), then keeps the frame in history for resume. With
+//! Redis, the bus appends the event to a Redis stream instead, and every
+//! node's reader hands it to its own Broadcaster as a `Deliver`. Each
+//! stream's response body (`ClientStream`) is woken, takes everything queued
+//! in one chunk, and actix writes it to the socket; the browser's
+//! `EventSource` fires the named event. `docs/architecture.md` tells the
+//! same path at length.
 
-pub mod auth;
-pub mod backend;
-pub mod broadcaster;
+mod auth;
+mod backend;
+mod broadcaster;
 pub mod cli;
-pub mod config;
-pub mod domain;
-pub mod error;
-pub mod metrics;
-pub mod routes;
+mod clock;
+mod config;
+mod domain;
+mod error;
+mod metrics;
+mod routes;
 pub mod sse;
-pub mod startup;
+mod startup;
 
-// What the binary, the tests and the examples use.
-pub use auth::{unix_now, TokenSource, Verifier};
+// What the binary, the tests and the examples use; everything else is private.
+pub use auth::{TokenSource, Verifier};
+pub use clock::unix_now;
 pub use config::{raise_open_file_limit, Config};
 pub use domain::EventId;
 pub use routes::demo::DEMO_TOKEN_TTL_SECS;

@@ -1,6 +1,10 @@
 //! Counters shared by the Broadcaster and the streams, and their two
 //! renderings: the `/api/stats` JSON and the `/metrics` Prometheus text.
+//!
+//! The counts of what is open ([`Snapshot`]) are defined here and filled in
+//! by whoever owns the streams, so this module depends on nothing above it.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -11,7 +15,18 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
-use crate::broadcaster::Snapshot;
+/// Counts of what is open at one moment, for stats and metrics.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Open streams.
+    pub connections: usize,
+    /// Users with at least one open stream.
+    pub users: usize,
+    /// Open streams subscribed to each channel.
+    pub channels: BTreeMap<String, usize>,
+    /// Events retained for resume.
+    pub history_len: usize,
+}
 
 /// Monotonic counters, updated without locks from any thread.
 pub struct Metrics {

@@ -1,6 +1,5 @@
 //! `Application`: binds the listener, starts the Broadcaster, serves, stops.
 
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,15 +7,14 @@ use actix::{Actor, Addr};
 use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{Condition, Logger};
-use actix_web::{http, web, App, HttpResponse, HttpServer};
+use actix_web::{http, web, App, HttpServer};
 
 use crate::auth::{Auth, Verifier};
 use crate::backend::{self, EventBus};
-use crate::broadcaster::{Broadcaster, Drain, Limits};
+use crate::broadcaster::{Broadcaster, ConnectionSocket, Drain, Limits};
 use crate::config::{open_file_limit, Config};
-use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::routes::{self, AppState, SocketFd};
+use crate::routes::{self, AppState};
 
 /// Extra seconds past the drain window before remaining connections are cut.
 const SHUTDOWN_GRACE_SECS: u64 = 3;
@@ -63,7 +61,7 @@ fn random_hex(bytes: usize) -> String {
 }
 
 /// Rewrites `token=...` in a URI for the access log.
-pub fn redact_uri(uri: &http::Uri) -> String {
+fn redact_uri(uri: &http::Uri) -> String {
     let Some(query) = uri.query() else {
         return uri.path().to_owned();
     };
@@ -158,30 +156,7 @@ impl Application {
                             format!("{} {}", req.method(), redact_uri(req.uri()))
                         }),
                 ))
-                .service(routes::endpoint(
-                    "/api/events",
-                    web::get().to(routes::events::subscribe),
-                ))
-                .service(routes::endpoint(
-                    "/api/send",
-                    web::post().to(routes::publish::send),
-                ))
-                .service(routes::endpoint(
-                    "/api/stats",
-                    web::get().to(routes::health::stats),
-                ))
-                .service(routes::endpoint(
-                    "/metrics",
-                    web::get().to(routes::health::metrics),
-                ))
-                .service(routes::endpoint(
-                    "/healthz",
-                    web::get().to(routes::health::healthz),
-                ))
-                .configure(routes::demo::configure)
-                .default_service(web::to(|| async {
-                    Err::<HttpResponse, _>(ApiError::NotFound)
-                }))
+                .configure(routes::configure)
         })
         .workers(config.workers)
         .max_connections(per_worker)
@@ -191,7 +166,7 @@ impl Application {
         .h1_allow_half_closed(false)
         .on_connect(|connection, data| {
             if let Some(socket) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                data.insert(SocketFd(socket.as_raw_fd()));
+                data.insert(ConnectionSocket::of(socket));
             }
         })
         .disable_signals()

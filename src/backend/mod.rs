@@ -1,19 +1,43 @@
 //! Where published events travel before they reach the Broadcaster.
 //!
 //! In memory (the default) the local Broadcaster assigns ids and delivers.
-//! Handlers only see [`EventBus`], so a shared flow for many nodes plugs in
-//! here without touching them or the actor.
+//! Handlers only see [`EventBus`] and its [`BusError`], so a shared flow for
+//! many nodes plugs in here without touching them or the actor.
 
-pub mod redis;
+pub(crate) mod redis;
+
+use std::fmt;
 
 use actix::Addr;
 
-use crate::broadcaster::{Broadcaster, Outgoing, Publish, Published};
-use crate::error::ApiError;
+use crate::broadcaster::{Broadcaster, Publish};
+use crate::domain::{Outgoing, Published};
+
+/// Why the event flow could not take events.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum BusError {
+    /// The shared store is unreachable or did not answer in time; retrying
+    /// later may work.
+    Unreachable(String),
+    /// The server is stopping: the Broadcaster no longer takes messages.
+    Stopped,
+    /// An event could not be written in the flow's format (a fault of ours).
+    Encoding(String),
+}
+
+impl fmt::Display for BusError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unreachable(why) => write!(f, "the event store is unreachable: {why}"),
+            Self::Stopped => f.write_str("the server is shutting down"),
+            Self::Encoding(why) => write!(f, "an event could not be encoded: {why}"),
+        }
+    }
+}
 
 /// The event flow this node publishes into.
 #[derive(Clone)]
-pub enum EventBus {
+pub(crate) enum EventBus {
     /// One process: ids and history live in the Broadcaster.
     Memory(Addr<Broadcaster>),
     /// Many processes: ids and history live in a Redis stream.
@@ -22,21 +46,21 @@ pub enum EventBus {
 
 impl EventBus {
     /// Publishes events in order; answers once each has an id and is queued locally.
-    pub async fn publish(&self, events: Vec<Outgoing>) -> Result<Vec<Published>, ApiError> {
+    pub async fn publish(&self, events: Vec<Outgoing>) -> Result<Vec<Published>, BusError> {
         match self {
             Self::Memory(broadcaster) => broadcaster
                 .send(Publish { events })
                 .await
-                .map_err(|_| ApiError::Unavailable("the server is shutting down".into())),
+                .map_err(|_| BusError::Stopped),
             Self::Redis(bus) => bus.publish(events).await,
         }
     }
 
     /// Whether the flow can accept events now.
-    pub async fn healthy(&self) -> Result<(), String> {
+    pub async fn healthy(&self) -> Result<(), BusError> {
         match self {
             Self::Memory(broadcaster) if broadcaster.connected() => Ok(()),
-            Self::Memory(_) => Err("the broadcaster has stopped".into()),
+            Self::Memory(_) => Err(BusError::Stopped),
             Self::Redis(bus) => bus.healthy().await,
         }
     }

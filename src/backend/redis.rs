@@ -19,11 +19,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, Value};
 
-use crate::broadcaster::{
-    Audience, Broadcaster, CountRecipients, Deliver, Outgoing, Preload, Published, Stamped,
-};
-use crate::domain::{Channel, EventId, EventName, UserId};
-use crate::error::ApiError;
+use super::BusError;
+use crate::broadcaster::{Broadcaster, CountRecipients, Deliver, Preload};
+use crate::domain::{Audience, Channel, EventId, EventName, Outgoing, Published, Stamped, UserId};
 
 /// How long one `XREAD` waits for new entries before asking again.
 const BLOCK: Duration = Duration::from_secs(5);
@@ -40,7 +38,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The publishing side, shared by every handler.
 #[derive(Clone)]
-pub struct RedisBus {
+pub(crate) struct RedisBus {
     /// Reconnects by itself; a command while Redis is away fails fast.
     connection: ConnectionManager,
     /// The stream's key.
@@ -51,7 +49,7 @@ pub struct RedisBus {
 }
 
 /// Follows the stream for one node. Owned by the task that runs it.
-pub struct Reader {
+pub(crate) struct Reader {
     client: Client,
     key: String,
     /// The id of the last entry handed to the Broadcaster.
@@ -63,14 +61,24 @@ pub struct Reader {
     broadcaster: Addr<Broadcaster>,
 }
 
-fn unavailable(error: redis::RedisError) -> ApiError {
+fn unreachable(error: redis::RedisError) -> BusError {
     log::warn!("redis: {error}");
-    ApiError::Unavailable("the event store (Redis) is unreachable; try again".into())
+    BusError::Unreachable(format!("Redis: {error}"))
+}
+
+/// The reader's Broadcaster has stopped, and with it the server: the reader
+/// has nothing left to deliver to and ends.
+#[derive(Debug)]
+struct BroadcasterStopped;
+
+/// Writes targets as a JSON array of strings, the form [`decode`] reads.
+fn encode_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<String, BusError> {
+    serde_json::to_string(&names.collect::<Vec<_>>()).map_err(|e| BusError::Encoding(e.to_string()))
 }
 
 /// Prepares the publishing side and the reader. Nothing is sent yet: a node
 /// may start while Redis is away, serve streams, and catch up when it returns.
-pub fn connect(
+pub(crate) fn connect(
     url: &str,
     key: &str,
     history_size: usize,
@@ -102,7 +110,7 @@ pub fn connect(
 }
 
 impl RedisBus {
-    pub async fn publish(&self, events: Vec<Outgoing>) -> Result<Vec<Published>, ApiError> {
+    pub async fn publish(&self, events: Vec<Outgoing>) -> Result<Vec<Published>, BusError> {
         let mut pipe = redis::pipe();
         for event in &events {
             let command = pipe
@@ -117,24 +125,18 @@ impl RedisBus {
                 .arg("data")
                 .arg(&event.data);
             if let Audience::Targets { users, channels } = &event.audience {
-                let users: Vec<&str> = users.iter().map(UserId::as_str).collect();
-                let channels: Vec<&str> = channels.iter().map(Channel::as_str).collect();
                 command
                     .arg("users")
-                    .arg(serde_json::to_string(&users).unwrap_or_default())
+                    .arg(encode_names(users.iter().map(UserId::as_str))?)
                     .arg("channels")
-                    .arg(serde_json::to_string(&channels).unwrap_or_default());
+                    .arg(encode_names(channels.iter().map(Channel::as_str))?);
             }
         }
         let mut connection = self.connection.clone();
         let ids: Vec<String> =
             match tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(&mut connection)).await {
-                Ok(result) => result.map_err(unavailable)?,
-                Err(_) => {
-                    return Err(ApiError::Unavailable(
-                        "the event store (Redis) did not answer in time".into(),
-                    ))
-                }
+                Ok(result) => result.map_err(unreachable)?,
+                Err(_) => return Err(BusError::Unreachable("Redis did not answer in time".into())),
             };
         let audiences = events.into_iter().map(|event| event.audience).collect();
         // What this node would reach now; the events themselves arrive through the reader.
@@ -142,7 +144,7 @@ impl RedisBus {
             .broadcaster
             .send(CountRecipients { audiences })
             .await
-            .map_err(|_| ApiError::Unavailable("the server is shutting down".into()))?;
+            .map_err(|_| BusError::Stopped)?;
         Ok(ids
             .into_iter()
             .zip(counts)
@@ -150,7 +152,7 @@ impl RedisBus {
             .collect())
     }
 
-    pub async fn healthy(&self) -> Result<(), String> {
+    pub async fn healthy(&self) -> Result<(), BusError> {
         let mut connection = self.connection.clone();
         match tokio::time::timeout(
             COMMAND_TIMEOUT,
@@ -159,8 +161,8 @@ impl RedisBus {
         .await
         {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("Redis is unreachable: {e}")),
-            Err(_) => Err("Redis did not answer in time".into()),
+            Ok(Err(e)) => Err(BusError::Unreachable(format!("Redis: {e}"))),
+            Err(_) => Err(BusError::Unreachable("Redis did not answer in time".into())),
         }
     }
 }
@@ -232,19 +234,48 @@ fn decode_all<'a>(entries: impl Iterator<Item = &'a StreamId>) -> Vec<Stamped> {
         .collect()
 }
 
+/// Why the reader stopped reading for now.
+#[derive(Debug)]
+enum Interruption {
+    /// Redis failed; reconnect after a back-off.
+    Redis(redis::RedisError),
+    /// The Broadcaster has stopped; the reader ends.
+    Stopped(BroadcasterStopped),
+}
+
+impl From<redis::RedisError> for Interruption {
+    fn from(error: redis::RedisError) -> Self {
+        Self::Redis(error)
+    }
+}
+
+impl From<BroadcasterStopped> for Interruption {
+    fn from(stopped: BroadcasterStopped) -> Self {
+        Self::Stopped(stopped)
+    }
+}
+
 impl Reader {
     /// Loads the newest `HISTORY_SIZE` entries into the Broadcaster's history
     /// and continues after the newest. Startup awaits this before accepting
     /// streams, so a resume on a fresh node finds what other nodes published.
-    pub async fn preload(&mut self) -> redis::RedisResult<()> {
-        let mut connection = self.open().await?;
-        self.preload_on(&mut connection).await
+    /// Failing is not fatal: [`Reader::run`] tries again.
+    pub async fn preload(&mut self) -> Result<(), String> {
+        let result = match self.open().await {
+            Ok(mut connection) => self.preload_on(&mut connection).await,
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(Interruption::Redis(e)) => Err(e.to_string()),
+            Err(Interruption::Stopped(_)) => Err("the server is stopping".into()),
+        }
     }
 
     async fn preload_on(
         &mut self,
         connection: &mut MultiplexedConnection,
-    ) -> redis::RedisResult<()> {
+    ) -> Result<(), Interruption> {
         let reply: StreamRangeReply = redis::cmd("XREVRANGE")
             .arg(&self.key)
             .arg("+")
@@ -253,18 +284,21 @@ impl Reader {
             .arg(self.history_size)
             .query_async(connection)
             .await?;
-        if let Some(newest) = reply.ids.first() {
-            self.last_id = newest.id.clone();
-        }
         let events = decode_all(reply.ids.iter().rev());
+        let newest = reply.ids.first().map(|entry| entry.id.clone());
+        self.broadcaster
+            .send(Preload { events })
+            .await
+            .map_err(|_| BroadcasterStopped)?;
+        if let Some(newest) = newest {
+            self.last_id = newest;
+        }
+        self.preloaded = true;
         log::info!(
-            "redis: preloaded {} events of history (continuing after {})",
-            events.len(),
+            "redis: preloaded {} entries of history (continuing after {})",
+            reply.ids.len(),
             self.last_id
         );
-        // If the Broadcaster is gone the server is stopping; nothing to load into.
-        let _ = self.broadcaster.send(Preload { events }).await;
-        self.preloaded = true;
         Ok(())
     }
 
@@ -277,40 +311,61 @@ impl Reader {
             .await
     }
 
-    /// Follows the stream until the task is aborted.
+    /// Follows the stream until the Broadcaster stops (or the task is
+    /// aborted), reconnecting with back-off whenever Redis fails.
     pub async fn run(mut self) {
         let mut backoff = MIN_BACKOFF;
         loop {
-            let mut connection = match self.open().await {
-                Ok(connection) => connection,
-                Err(e) => {
-                    log::warn!("redis: reader cannot connect ({e}); retrying in {backoff:?}");
-                    back_off(&mut backoff).await;
-                    continue;
+            let interruption = match self.open().await {
+                Ok(mut connection) => {
+                    if backoff > MIN_BACKOFF {
+                        log::info!(
+                            "redis: reader reconnected; continuing after {}",
+                            self.last_id
+                        );
+                    }
+                    self.catch_up_and_follow(&mut connection, &mut backoff)
+                        .await
                 }
+                Err(e) => Interruption::Redis(e),
             };
-            if backoff > MIN_BACKOFF {
-                log::info!(
-                    "redis: reader reconnected; continuing after {}",
-                    self.last_id
-                );
-            }
-            if !self.preloaded {
-                if let Err(e) = self.preload_on(&mut connection).await {
-                    log::warn!("redis: cannot read history ({e}); retrying in {backoff:?}");
-                    back_off(&mut backoff).await;
-                    continue;
+            match interruption {
+                Interruption::Stopped(BroadcasterStopped) => {
+                    log::info!("redis: the server is stopping; the reader ends");
+                    return;
                 }
-            }
-            backoff = MIN_BACKOFF;
-            if let Err(e) = self.follow(&mut connection).await {
-                log::warn!("redis: reader lost its connection ({e}); reconnecting");
-                back_off(&mut backoff).await;
+                Interruption::Redis(e) => {
+                    log::warn!("redis: reader interrupted ({e}); retrying in {backoff:?}");
+                    back_off(&mut backoff).await;
+                }
             }
         }
     }
 
-    async fn follow(&mut self, connection: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    /// Preloads history if that has not happened yet, then follows the
+    /// stream; returns only when interrupted.
+    async fn catch_up_and_follow(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+        backoff: &mut Duration,
+    ) -> Interruption {
+        if !self.preloaded {
+            if let Err(interruption) = self.preload_on(connection).await {
+                return interruption;
+            }
+        }
+        *backoff = MIN_BACKOFF;
+        match self.follow(connection).await {
+            Ok(never) => match never {},
+            Err(interruption) => interruption,
+        }
+    }
+
+    /// Hands every new entry to the Broadcaster, in order, until interrupted.
+    async fn follow(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+    ) -> Result<std::convert::Infallible, Interruption> {
         loop {
             let reply: Option<StreamReadReply> = redis::cmd("XREAD")
                 .arg("COUNT")
@@ -324,14 +379,129 @@ impl Reader {
                 .await?;
             let Some(reply) = reply else { continue }; // BLOCK timed out: nothing new
             for stream in reply.keys {
+                let events = decode_all(stream.ids.iter());
+                if !events.is_empty() {
+                    self.broadcaster
+                        .send(Deliver { events })
+                        .await
+                        .map_err(|_| BroadcasterStopped)?;
+                }
                 if let Some(last) = stream.ids.last() {
                     self.last_id = last.id.clone();
                 }
-                let events = decode_all(stream.ids.iter());
-                if !events.is_empty() && self.broadcaster.send(Deliver { events }).await.is_err() {
-                    return Ok(()); // the Broadcaster has stopped: so has the server
-                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Arc;
+
+    use actix::{Actor, Arbiter};
+
+    use super::*;
+    use crate::broadcaster::Limits;
+    use crate::metrics::Metrics;
+
+    /// A bare `redis-server` on a free port, killed on drop (the integration
+    /// tests have the full fixture; this one serves the reader's own tests).
+    struct Server(Child, u16);
+
+    impl Server {
+        fn start() -> Option<Self> {
+            if Command::new("redis-server")
+                .arg("--version")
+                .output()
+                .is_err()
+            {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "redis-server is not installed, and CI=true requires this test to run"
+                );
+                // Straight to stderr: the harness swallows a passing test's output.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: redis-server is not installed; the Redis reader test did not run"
+                );
+                return None;
+            }
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free port")
+                .port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(std::time::Instant::now() < deadline, "redis-server listens");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Some(Self(child, port))
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            // Already gone is fine: this only makes sure it is.
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn broadcast(name: &str) -> Outgoing {
+        Outgoing {
+            name: EventName::parse(name).unwrap(),
+            data: "null".into(),
+            audience: Audience::Everyone,
+        }
+    }
+
+    #[actix_web::test]
+    async fn the_reader_ends_when_its_broadcaster_has_stopped() {
+        let Some(server) = Server::start() else {
+            return;
+        };
+        let arbiter = Arbiter::new();
+        let limits = Limits {
+            max_connections: 10,
+            max_connections_per_user: 10,
+            heartbeat_interval: Duration::from_secs(15),
+            history_size: 10,
+            history_max_bytes: 1 << 20,
+        };
+        let broadcaster = Broadcaster::start_in_arbiter(&arbiter.handle(), |_| {
+            Broadcaster::new(limits, Arc::new(Metrics::default()))
+        });
+        let url = format!("redis://127.0.0.1:{}", server.1);
+        let (bus, mut reader) = connect(&url, "herald-test", 10, broadcaster.clone()).unwrap();
+        bus.publish(vec![broadcast("before")]).await.unwrap();
+        reader.preload().await.unwrap();
+
+        arbiter.stop();
+        let stopped = tokio::time::timeout(Duration::from_secs(10), async {
+            while broadcaster.connected() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(stopped.is_ok(), "the Broadcaster's arbiter stops");
+        // Written to Redis; counting recipients then finds the Broadcaster gone.
+        assert_eq!(
+            bus.publish(vec![broadcast("after")]).await,
+            Err(BusError::Stopped)
+        );
+
+        let ended = tokio::time::timeout(Duration::from_secs(10), reader.run()).await;
+        assert!(
+            ended.is_ok(),
+            "with nobody to deliver to, the reader stops instead of reconnecting forever"
+        );
     }
 }

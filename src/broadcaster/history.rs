@@ -8,35 +8,11 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::domain::{Channel, EventId, UserId};
-
-/// Who an event is for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Audience {
-    Everyone,
-    /// A union: a stream matching any user or any channel receives it once.
-    Targets {
-        users: Box<[UserId]>,
-        channels: Box<[Channel]>,
-    },
-}
-
-impl Audience {
-    /// Whether a stream of `user` subscribed to `channels` may receive it.
-    pub fn includes(&self, user: &UserId, channels: &[Channel]) -> bool {
-        match self {
-            Self::Everyone => true,
-            Self::Targets {
-                users,
-                channels: targets,
-            } => users.contains(user) || targets.iter().any(|target| channels.contains(target)),
-        }
-    }
-}
+use crate::domain::{Audience, EventId};
 
 /// An event as history keeps it.
 #[derive(Clone, Debug)]
-pub struct Retained {
+pub(crate) struct Retained {
     pub id: EventId,
     pub audience: Audience,
     /// The encoded SSE frame, shared with live delivery.
@@ -44,7 +20,7 @@ pub struct Retained {
 }
 
 /// What resuming after an id finds.
-pub struct Resume<'a> {
+pub(crate) struct Resume<'a> {
     /// Retained events after the id, oldest first (not yet filtered by audience).
     pub events: std::collections::vec_deque::Iter<'a, Retained>,
     /// True when the id itself is still retained, so nothing after it was evicted.
@@ -52,7 +28,7 @@ pub struct Resume<'a> {
 }
 
 /// A ring of the most recent events, in id order.
-pub struct History {
+pub(crate) struct History {
     /// Oldest first; ids strictly increasing.
     events: VecDeque<Retained>,
     /// Most events kept; 0 keeps none.
@@ -64,7 +40,7 @@ pub struct History {
 }
 
 impl History {
-    pub fn new(capacity: usize, max_bytes: usize) -> Self {
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             events: VecDeque::with_capacity(capacity.min(1024)),
             capacity,
@@ -73,7 +49,7 @@ impl History {
         }
     }
 
-    pub fn push(&mut self, event: Retained) {
+    pub(crate) fn push(&mut self, event: Retained) {
         if self.capacity == 0 {
             return;
         }
@@ -93,7 +69,7 @@ impl History {
     /// An id older than history (or from an earlier process, whose epoch is
     /// smaller) yields every retained event with `recovered: false`; an id
     /// newer than anything retained, or never issued, yields nothing.
-    pub fn after(&self, last: EventId) -> Resume<'_> {
+    pub(crate) fn after(&self, last: EventId) -> Resume<'_> {
         let (start, recovered) = match self.events.binary_search_by_key(&last, |event| event.id) {
             Ok(index) => (index + 1, true),
             Err(index) => (index, false),
@@ -105,14 +81,14 @@ impl History {
     }
 
     /// Nothing retained after this position: used when the id cannot be parsed.
-    pub fn nothing(&self) -> Resume<'_> {
+    pub(crate) fn nothing(&self) -> Resume<'_> {
         Resume {
             events: self.events.range(self.events.len()..),
             recovered: false,
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.events.len()
     }
 }
@@ -174,20 +150,5 @@ mod tests {
         history.push(retained(1, 1));
         assert_eq!(history.len(), 0);
         assert!(!history.after(EventId::new(7, 1)).recovered);
-    }
-
-    #[test]
-    fn audience_is_a_union_of_users_and_channels() {
-        let alice = UserId::parse("alice").unwrap();
-        let bob = UserId::parse("bob").unwrap();
-        let news = Channel::parse("news").unwrap();
-        let audience = Audience::Targets {
-            users: vec![alice.clone()].into(),
-            channels: vec![news.clone()].into(),
-        };
-        assert!(audience.includes(&alice, &[]));
-        assert!(audience.includes(&bob, std::slice::from_ref(&news)));
-        assert!(!audience.includes(&bob, &[Channel::parse("sport").unwrap()]));
-        assert!(Audience::Everyone.includes(&bob, &[]));
     }
 }

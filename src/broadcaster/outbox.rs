@@ -10,7 +10,7 @@
 //! what it missed.
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,6 +40,28 @@ pub enum Push {
     Overflowed,
 }
 
+/// The socket of the connection a stream is served on, so that the
+/// slow-consumer policy can end a connection that stopped reading.
+///
+/// Why holding a bare descriptor is sound: it is taken from the live
+/// `TcpStream` when actix accepts the connection ([`ConnectionSocket::of`],
+/// the only constructor, crate-private), and it is handed to a stream's
+/// [`Outbox`] only together with the stream's response body
+/// ([`ClientStream::new`]), which takes it back out in its `Drop`. actix's
+/// dispatcher drops a response body before it closes the connection's socket,
+/// so whenever an outbox holds a descriptor, that descriptor is still this
+/// connection's and has not been reused by the kernel for another file. The
+/// only thing ever done with it is `shutdown()`, which does not close it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnectionSocket(RawFd);
+
+impl ConnectionSocket {
+    /// Records the descriptor of an accepted connection (see the type's docs).
+    pub(crate) fn of(connection: &impl AsRawFd) -> Self {
+        Self(connection.as_raw_fd())
+    }
+}
+
 struct State {
     /// Frames waiting to be written, oldest first.
     queue: VecDeque<Bytes>,
@@ -48,10 +70,9 @@ struct State {
     /// Woken when the queue goes from empty to non-empty.
     waker: Option<Waker>,
     ending: Option<Ending>,
-    /// The connection's socket, while the response body is alive. The body is
-    /// dropped before actix closes the socket, so a descriptor present here is
-    /// never one that has been reused for another connection.
-    socket: Option<RawFd>,
+    /// The connection's socket, present only while the response body is
+    /// alive (see [`ConnectionSocket`] for why that makes it safe to use).
+    socket: Option<ConnectionSocket>,
 }
 
 /// A stream's bounded queue.
@@ -61,14 +82,14 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(capacity: usize, socket: Option<RawFd>) -> Arc<Self> {
+    pub fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 queued_events: 0,
                 waker: None,
                 ending: None,
-                socket,
+                socket: None,
             }),
             capacity,
         })
@@ -92,9 +113,9 @@ impl Outbox {
             state.ending = Some(Ending::Overflow);
             state.queue = VecDeque::new();
             state.queued_events = 0;
-            if let Some(socket) = state.socket.take() {
-                // SAFETY: `socket` is the live connection's descriptor (see `State::socket`),
-                // and shutdown() does not close or invalidate it.
+            if let Some(ConnectionSocket(socket)) = state.socket.take() {
+                // SAFETY: a descriptor in `State::socket` belongs to this live
+                // connection (see `ConnectionSocket`); shutdown() does not close it.
                 unsafe { libc::shutdown(socket, libc::SHUT_RDWR) };
             }
             let waker = state.waker.take();
@@ -160,7 +181,16 @@ impl Outbox {
         self.lock().ending.is_none()
     }
 
-    /// How many frames are waiting (for tests and stats).
+    /// Takes every queued frame, as the response body would (for tests).
+    #[cfg(test)]
+    pub fn take_queued(&self) -> Vec<Bytes> {
+        let mut state = self.lock();
+        state.queued_events = 0;
+        state.queue.drain(..).collect()
+    }
+
+    /// How many frames are waiting.
+    #[cfg(test)]
     pub fn queued(&self) -> usize {
         self.lock().queue.len()
     }
@@ -181,12 +211,21 @@ pub struct ClientStream {
 }
 
 impl ClientStream {
+    /// The body of the stream fed by `outbox`, served on the connection
+    /// whose socket is `socket` (`None` where it is not a TCP socket).
     pub fn new(
         outbox: Arc<Outbox>,
+        socket: Option<ConnectionSocket>,
         preamble: Bytes,
         metrics: Arc<Metrics>,
         on_drop: Box<dyn Send>,
     ) -> Self {
+        {
+            let mut state = outbox.lock();
+            if state.ending.is_none() {
+                state.socket = socket;
+            }
+        }
         Self {
             outbox,
             preamble: Some(preamble),
@@ -272,7 +311,7 @@ mod tests {
 
     #[test]
     fn the_push_beyond_capacity_ends_the_stream_and_frees_the_queue() {
-        let outbox = Outbox::new(2, None);
+        let outbox = Outbox::new(2);
         let frame = Bytes::from_static(b"data: x\n\n");
         assert_eq!(outbox.push_event(&frame), Push::Queued);
         assert_eq!(outbox.push_event(&frame), Push::Queued);
@@ -284,7 +323,7 @@ mod tests {
 
     #[test]
     fn heartbeats_do_not_count_against_capacity_and_skip_busy_queues() {
-        let outbox = Outbox::new(1, None);
+        let outbox = Outbox::new(1);
         let beat = Bytes::from_static(crate::sse::HEARTBEAT);
         assert_eq!(outbox.push_heartbeat(&beat), Push::Queued);
         assert_eq!(outbox.push_heartbeat(&beat), Push::Queued);

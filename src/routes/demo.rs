@@ -15,7 +15,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use askama::Template;
 use serde::Deserialize;
 
-use super::{content_type_is, endpoint, read_body, AppState};
+use super::{content_type_is, read_body, AppState};
 use crate::auth::{origin_is_trusted, Auth, Identity, TokenSource};
 use crate::domain::UserId;
 use crate::error::ApiError;
@@ -36,15 +36,6 @@ const STYLESHEET: &str = include_str!("../../templates/demo.css");
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; connect-src 'self'; img-src 'self' data:; form-action 'self'; \
      base-uri 'none'; frame-ancestors 'none'";
-
-/// Registers the demo page's routes.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(endpoint("/", web::get().to(page)))
-        .service(endpoint("/demo/login", web::post().to(login)))
-        .service(endpoint("/demo/logout", web::post().to(logout)))
-        .service(endpoint("/demo/demo.js", web::get().to(script)))
-        .service(endpoint("/demo/demo.css", web::get().to(stylesheet)));
-}
 
 /// The demo page. Askama escapes every value written into it.
 #[derive(Template)]
@@ -67,7 +58,7 @@ struct Visitor {
 }
 
 /// `GET /`: the page, for a signed-in visitor or not.
-async fn page(
+pub(super) async fn page(
     req: HttpRequest,
     identity: Option<Identity>,
     state: web::Data<AppState>,
@@ -106,11 +97,11 @@ async fn page(
         .body(html))
 }
 
-async fn script() -> HttpResponse {
+pub(super) async fn script() -> HttpResponse {
     asset("text/javascript; charset=utf-8", SCRIPT)
 }
 
-async fn stylesheet() -> HttpResponse {
+pub(super) async fn stylesheet() -> HttpResponse {
     asset("text/css; charset=utf-8", STYLESHEET)
 }
 
@@ -133,7 +124,7 @@ struct LoginForm {
 
 /// `POST /demo/login`: mints a token for the named user and stores it in the
 /// auth cookie, then sends the browser back to the page.
-async fn login(
+pub(super) async fn login(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
@@ -173,7 +164,7 @@ async fn login(
 }
 
 /// `POST /demo/logout`: clears the auth cookie.
-async fn logout(
+pub(super) async fn logout(
     req: HttpRequest,
     state: web::Data<AppState>,
     auth: web::Data<Auth>,

@@ -3,9 +3,12 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::{AppState, SocketFd};
+use super::AppState;
 use crate::auth::Identity;
-use crate::broadcaster::{ClientId, ClientStream, Connect, ConnectError, Outbox, Registration};
+use crate::broadcaster::{
+    ClientId, ClientStream, Connect, ConnectError, ConnectionSocket, NewStream, Outbox,
+    Registration,
+};
 use crate::domain::{truncate_for_message, Channel};
 use crate::error::ApiError;
 use crate::sse;
@@ -15,7 +18,7 @@ const MAX_LAST_EVENT_ID_LEN: usize = 64;
 
 /// The channels a request asks for: every `channel`, then every `channels`
 /// list, in order, without repeats.
-pub fn requested_channels(
+pub(super) fn requested_channels(
     query: &[(String, String)],
     limit: usize,
 ) -> Result<Vec<Channel>, ApiError> {
@@ -43,7 +46,7 @@ pub fn requested_channels(
     Ok(channels)
 }
 
-pub async fn subscribe(
+pub(super) async fn subscribe(
     req: HttpRequest,
     identity: Identity,
     state: web::Data<AppState>,
@@ -82,20 +85,19 @@ pub async fn subscribe(
             }
         });
 
-    let socket = req.conn_data::<SocketFd>().map(|fd| fd.0);
-    let outbox = Outbox::new(state.config.client_buffer, socket);
+    let outbox = Outbox::new(state.config.client_buffer);
     let id = ClientId::random();
     // Created before the actor hears of the stream: if this request is
     // abandoned while waiting, dropping it unregisters the stream.
     let registration = Registration::new(id, state.broadcaster.clone());
-    let connect = Connect {
+    let connect = Connect(NewStream {
         id,
         user: identity.user.clone(),
         channels,
         last_event_id,
-        expires_at: identity.expires_at,
+        valid_until: identity.valid_until,
         outbox: outbox.clone(),
-    };
+    });
     let preamble = sse::retry(state.config.sse_retry_ms);
     match state.broadcaster.send(connect).await {
         Ok(Ok(connected)) => {
@@ -108,6 +110,7 @@ pub async fn subscribe(
             );
             let body = ClientStream::new(
                 outbox,
+                req.conn_data::<ConnectionSocket>().copied(),
                 preamble,
                 state.metrics.clone(),
                 Box::new(registration),
@@ -121,6 +124,7 @@ pub async fn subscribe(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Err(ApiError::TooManyConnections(message))
         }
+        Ok(Err(ConnectError::Internal(cause))) => Err(ApiError::Internal(cause)),
         // Shutting down: an error status would make a browser's EventSource
         // give up for good; an empty stream makes it retry, on a new connection.
         Ok(Err(ConnectError::ShuttingDown)) | Err(_) => Ok(sse_response()

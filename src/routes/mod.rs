@@ -1,46 +1,102 @@
 //! HTTP endpoints, one file per group. Handlers parse and authorise; they
 //! never touch the Broadcaster's maps, only send it messages.
 
-pub mod demo;
-pub mod events;
-pub mod health;
-pub mod publish;
+pub(crate) mod demo;
+mod events;
+mod health;
+mod publish;
 
 use std::sync::Arc;
 
 use actix::Addr;
-use actix_web::http::header;
+use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::backend::EventBus;
+use crate::backend::{BusError, EventBus};
 use crate::broadcaster::Broadcaster;
 use crate::config::Config;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// What every handler may use, registered once as app data.
-pub struct AppState {
+pub(crate) struct AppState {
     pub config: Arc<Config>,
     pub broadcaster: Addr<Broadcaster>,
     pub bus: EventBus,
     pub metrics: Arc<Metrics>,
 }
 
-/// The connection's socket descriptor, recorded when the connection opens.
-#[derive(Clone, Copy, Debug)]
-pub struct SocketFd(pub std::os::fd::RawFd);
+impl From<BusError> for ApiError {
+    fn from(error: BusError) -> Self {
+        match error {
+            BusError::Unreachable(why) => {
+                log::warn!("event flow: {why}");
+                Self::Unavailable("the event store is unreachable; try again".into())
+            }
+            BusError::Stopped => Self::Unavailable("the server is shutting down".into()),
+            BusError::Encoding(why) => Self::Internal(why),
+        }
+    }
+}
 
-/// A path served by one route, answering the JSON 405 for other methods.
-pub fn endpoint(path: &str, route: actix_web::Route) -> actix_web::Resource {
-    web::resource(path)
-        .route(route)
-        .default_service(web::to(|| async {
-            Err::<HttpResponse, _>(crate::error::ApiError::MethodNotAllowed)
-        }))
+/// One path served with one method; other methods get the JSON 405.
+pub(crate) struct Endpoint {
+    pub method: Method,
+    pub path: &'static str,
+    route: actix_web::Route,
+}
+
+impl Endpoint {
+    fn new<F, Args>(method: Method, path: &'static str, handler: F) -> Self
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        Self {
+            method,
+            path,
+            route: web::route().to(handler),
+        }
+    }
+}
+
+/// Every route Herald serves. The one list both registration and the check
+/// that `docs/api.md` documents each of them read.
+pub(crate) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::new(Method::GET, "/api/events", events::subscribe),
+        Endpoint::new(Method::POST, "/api/send", publish::send),
+        Endpoint::new(Method::GET, "/api/stats", health::stats),
+        Endpoint::new(Method::GET, "/metrics", health::metrics),
+        Endpoint::new(Method::GET, "/healthz", health::healthz),
+        Endpoint::new(Method::GET, "/", demo::page),
+        Endpoint::new(Method::POST, "/demo/login", demo::login),
+        Endpoint::new(Method::POST, "/demo/logout", demo::logout),
+        Endpoint::new(Method::GET, "/demo/demo.js", demo::script),
+        Endpoint::new(Method::GET, "/demo/demo.css", demo::stylesheet),
+    ]
+}
+
+/// Registers every endpoint; anything else is a JSON 404.
+pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
+    for endpoint in endpoints() {
+        cfg.service(
+            web::resource(endpoint.path)
+                .route(endpoint.route.method(endpoint.method))
+                .default_service(web::to(|| async {
+                    Err::<HttpResponse, _>(ApiError::MethodNotAllowed)
+                })),
+        );
+    }
+    cfg.default_service(web::to(|| async {
+        Err::<HttpResponse, _>(ApiError::NotFound)
+    }));
 }
 
 /// Whether the request's `Content-Type` is `essence` (parameters such as
 /// `charset` allowed).
-pub fn content_type_is(req: &HttpRequest, essence: &str) -> bool {
+pub(crate) fn content_type_is(req: &HttpRequest, essence: &str) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -50,7 +106,7 @@ pub fn content_type_is(req: &HttpRequest, essence: &str) -> bool {
 
 /// Reads a request body of at most `limit` bytes; more is a 413, and is not
 /// buffered.
-pub async fn read_body(
+pub(crate) async fn read_body(
     payload: web::Payload,
     limit: usize,
 ) -> Result<web::Bytes, crate::error::ApiError> {
@@ -61,5 +117,31 @@ pub async fn read_body(
             "the body could not be read: {e}"
         ))),
         Err(_) => Err(ApiError::PayloadTooLarge(limit)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reference cannot drift: every route has a heading in `docs/api.md`
+    /// naming its method and path, as in ``## `GET /api/events` ``.
+    #[test]
+    fn every_route_is_documented_in_the_api_reference() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md");
+        let reference = std::fs::read_to_string(path).expect("docs/api.md exists");
+        let headings: Vec<&str> = reference
+            .lines()
+            .filter(|line| line.starts_with('#'))
+            .collect();
+        let undocumented: Vec<String> = endpoints()
+            .iter()
+            .map(|endpoint| format!("`{} {}`", endpoint.method, endpoint.path))
+            .filter(|route| !headings.iter().any(|heading| heading.contains(route)))
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "docs/api.md has no heading for {undocumented:?}"
+        );
     }
 }

@@ -6,14 +6,13 @@ use serde_json::{json, Value};
 
 use super::{content_type_is, read_body, AppState};
 use crate::auth::Admin;
-use crate::broadcaster::{Audience, Outgoing};
-use crate::domain::{Channel, EventName, UserId};
+use crate::domain::{Audience, Channel, EventName, Outgoing, UserId};
 use crate::error::ApiError;
 
 /// One event as a publisher sends it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PublishRequest {
+pub(super) struct PublishRequest {
     event: Option<String>,
     #[serde(default)]
     data: Value,
@@ -27,7 +26,7 @@ impl PublishRequest {
     /// Validates names and targets. Naming targets and leaving them all empty
     /// is refused rather than read as "everyone": an empty recipient list
     /// computed by a back end must never become a broadcast.
-    pub fn into_outgoing(self) -> Result<Outgoing, String> {
+    pub(super) fn into_outgoing(self) -> Result<Outgoing, String> {
         let name = match self.event.as_deref() {
             Some(raw) => EventName::parse(raw)?,
             None => EventName::default(),
@@ -72,7 +71,7 @@ impl PublishRequest {
 
 /// Parses a publish body: one object, or an array of at most `max_batch`.
 /// Returns the events and whether the body was a batch.
-pub fn parse_body(body: &[u8], max_batch: usize) -> Result<(Vec<Outgoing>, bool), ApiError> {
+pub(super) fn parse_body(body: &[u8], max_batch: usize) -> Result<(Vec<Outgoing>, bool), ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
     let parse_one = |value: Value| -> Result<Outgoing, String> {
@@ -109,7 +108,7 @@ pub fn parse_body(body: &[u8], max_batch: usize) -> Result<(Vec<Outgoing>, bool)
     }
 }
 
-pub async fn send(
+pub(super) async fn send(
     req: HttpRequest,
     _admin: Admin,
     payload: web::Payload,

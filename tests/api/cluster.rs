@@ -195,13 +195,7 @@ async fn ids_are_ordered_cluster_wide_and_every_node_sees_one_order() {
         let mut seen = Vec::new();
         for _ in 0..20 {
             let frame = stream.next().await;
-            seen.push(
-                frame
-                    .id
-                    .unwrap()
-                    .parse::<herald::EventId>()
-                    .unwrap(),
-            );
+            seen.push(frame.id.unwrap().parse::<herald::EventId>().unwrap());
         }
         assert_eq!(
             seen, published,

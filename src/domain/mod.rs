@@ -1,7 +1,12 @@
-//! The names that travel through Herald, each validated once where it enters.
+//! The domain layer: the names that travel through Herald, each validated
+//! once where it enters, and the events built from them ([`event`]).
 //!
 //! Once a value has one of these types it is known to be safe to write into an
 //! SSE field or a log line: no control characters, bounded length.
+
+mod event;
+
+pub use event::{Audience, Outgoing, Published, Stamped};
 
 use std::fmt;
 use std::str::FromStr;

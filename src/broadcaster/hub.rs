@@ -1,0 +1,809 @@
+//! The `Hub`: every open stream, the per-user and per-channel maps, token
+//! expiries, history and the fan-out, as plain data with plain methods.
+//!
+//! The [`Broadcaster`](super::Broadcaster) actor owns one Hub and only turns
+//! messages and timers into calls on it, so everything here is tested
+//! directly, with the current time passed in.
+//!
+//! Delivery never blocks: it pushes shared bytes into each stream's bounded
+//! [`Outbox`], whose slow-consumer policy ends a stream that fell too far
+//! behind; the Hub then forgets that stream.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::history::{History, Retained};
+use super::outbox::{Outbox, Push};
+use crate::domain::{Audience, Channel, EventId, Outgoing, Published, Stamped, UserId};
+use crate::metrics::{Metrics, Snapshot};
+use crate::sse;
+
+/// A stream's identity, reported to the client as `client_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub uuid::Uuid);
+
+impl ClientId {
+    pub fn random() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+}
+
+/// The limits the Hub enforces.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub heartbeat_interval: Duration,
+    pub history_size: usize,
+    pub history_max_bytes: usize,
+}
+
+/// A stream asking to be registered.
+pub struct NewStream {
+    pub id: ClientId,
+    pub user: UserId,
+    pub channels: Vec<Channel>,
+    /// The raw `Last-Event-ID`, if the client sent one.
+    pub last_event_id: Option<String>,
+    /// When the stream's token stops being valid (seconds since the Unix
+    /// epoch, the clock leeway included): the stream gets `token-expired`
+    /// and ends then.
+    pub valid_until: u64,
+    pub outbox: Arc<Outbox>,
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConnectError {
+    TooManyConnections(String),
+    ShuttingDown,
+    /// A fault of the server's own, with its cause.
+    Internal(String),
+}
+
+/// What the stream starts with.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Connected {
+    pub replayed: usize,
+    pub recovered: bool,
+}
+
+/// The data of the `connected` event that opens every stream.
+#[derive(Serialize)]
+struct ConnectedEvent<'a> {
+    client_id: uuid::Uuid,
+    user: &'a str,
+    channels: Vec<&'a str>,
+    replayed: usize,
+    recovered: bool,
+}
+
+/// One open stream as the Hub sees it.
+struct Client {
+    user: UserId,
+    /// When the token stops being valid (see [`NewStream::valid_until`]).
+    valid_until: u64,
+    channels: Box<[Channel]>,
+    outbox: Arc<Outbox>,
+    /// The fan-out pass that last delivered to this client, so a client that
+    /// matches an event several ways receives it once.
+    last_pass: u64,
+    /// Registration order, so a drain ends the oldest streams first.
+    opened: u64,
+}
+
+/// Frames every stream may be sent, encoded once.
+struct Frames {
+    heartbeat: Bytes,
+    token_expired: Bytes,
+}
+
+pub struct Hub {
+    /// Every registered stream; removed on disconnect, on a failed push, by
+    /// expiry, or by the drain.
+    clients: HashMap<ClientId, Client>,
+    /// The streams of each user; a user is removed with its last stream.
+    users: HashMap<UserId, Vec<ClientId>>,
+    /// The subscribers of each channel; a channel is removed with its last subscriber.
+    channels: HashMap<Channel, HashSet<ClientId>>,
+    /// Every stream by when its token stops being valid, soonest first.
+    expiries: BTreeSet<(u64, ClientId)>,
+    /// Recent events for resume, bounded by `HISTORY_SIZE` and `HISTORY_MAX_BYTES`.
+    history: History,
+    /// This process's id epoch (the in-memory event flow).
+    epoch: u64,
+    /// The next sequence number to assign (the in-memory event flow).
+    next_seq: u64,
+    /// The newest id delivered or preloaded; a shared flow may repeat an
+    /// event after a reconnect, and anything not newer is ignored.
+    newest: Option<EventId>,
+    /// Events given an id and answered but not yet fanned out, in id order.
+    pending: VecDeque<Stamped>,
+    /// Counter of fan-out passes, for once-only delivery of unions.
+    pass: u64,
+    /// Counter of registrations, for [`Client::opened`].
+    opened: u64,
+    limits: Limits,
+    frames: Frames,
+    metrics: Arc<Metrics>,
+    /// Set by [`Hub::start_drain`]: no new streams; the remaining ones are being ended.
+    draining: bool,
+    /// Streams still to end, the next one last.
+    drain_queue: Vec<ClientId>,
+}
+
+impl Hub {
+    /// An empty Hub whose in-memory ids are `<epoch>-<n>`.
+    pub fn new(limits: Limits, metrics: Arc<Metrics>, epoch: u64) -> Self {
+        Self {
+            clients: HashMap::new(),
+            users: HashMap::new(),
+            channels: HashMap::new(),
+            expiries: BTreeSet::new(),
+            history: History::new(limits.history_size, limits.history_max_bytes),
+            epoch,
+            next_seq: 1,
+            newest: None,
+            pending: VecDeque::new(),
+            pass: 0,
+            opened: 0,
+            limits,
+            frames: Frames {
+                heartbeat: Bytes::from_static(sse::HEARTBEAT),
+                token_expired: sse::event(
+                    None,
+                    "token-expired",
+                    r#"{"reason":"the token has expired; reconnect with a new one"}"#,
+                ),
+            },
+            metrics,
+            draining: false,
+            drain_queue: Vec::new(),
+        }
+    }
+
+    /// Registers a stream, queueing `connected` and any replay before live
+    /// events. Replay and registration happen in this one call, so no live
+    /// event can fall between them or be sent twice.
+    pub fn connect(&mut self, stream: NewStream) -> Result<Connected, ConnectError> {
+        if self.draining {
+            return Err(ConnectError::ShuttingDown);
+        }
+        if self.clients.len() >= self.limits.max_connections {
+            return Err(ConnectError::TooManyConnections(format!(
+                "the server holds its maximum of {} streams",
+                self.limits.max_connections
+            )));
+        }
+        let user_streams = self.users.get(&stream.user).map_or(0, Vec::len);
+        if user_streams >= self.limits.max_connections_per_user {
+            return Err(ConnectError::TooManyConnections(format!(
+                "user already has {user_streams} streams open (MAX_CONNECTIONS_PER_USER)"
+            )));
+        }
+
+        let resume = stream
+            .last_event_id
+            .as_deref()
+            .map(|raw| match raw.parse::<EventId>() {
+                Ok(id) => self.history.after(id),
+                Err(()) => self.history.nothing(),
+            });
+        let (replay, recovered): (Vec<Bytes>, bool) = match resume {
+            Some(resume) => (
+                resume
+                    .events
+                    .filter(|event| event.audience.includes(&stream.user, &stream.channels))
+                    .map(|event| event.frame.clone())
+                    .collect(),
+                resume.recovered,
+            ),
+            None => (Vec::new(), true),
+        };
+        let connected = ConnectedEvent {
+            client_id: stream.id.0,
+            user: stream.user.as_str(),
+            channels: stream.channels.iter().map(Channel::as_str).collect(),
+            replayed: replay.len(),
+            recovered,
+        };
+        let connected = serde_json::to_string(&connected)
+            .map_err(|e| ConnectError::Internal(format!("the connected event: {e}")))?;
+        stream
+            .outbox
+            .push_unbounded(sse::event(None, "connected", &connected), false);
+        let replayed = replay.len();
+        for frame in replay {
+            stream.outbox.push_unbounded(frame, true);
+        }
+
+        self.users
+            .entry(stream.user.clone())
+            .or_default()
+            .push(stream.id);
+        for channel in &stream.channels {
+            self.channels
+                .entry(channel.clone())
+                .or_default()
+                .insert(stream.id);
+        }
+        self.expiries.insert((stream.valid_until, stream.id));
+        self.opened += 1;
+        self.clients.insert(
+            stream.id,
+            Client {
+                user: stream.user,
+                valid_until: stream.valid_until,
+                channels: stream.channels.into(),
+                outbox: stream.outbox,
+                last_pass: 0,
+                opened: self.opened,
+            },
+        );
+        self.metrics
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Connected {
+            replayed,
+            recovered,
+        })
+    }
+
+    /// Forgets a stream and ends its body after what is queued. Idempotent.
+    pub fn disconnect(&mut self, id: ClientId) {
+        let Some(client) = self.clients.remove(&id) else {
+            return;
+        };
+        client.outbox.finish();
+        self.expiries.remove(&(client.valid_until, id));
+        if let Some(streams) = self.users.get_mut(&client.user) {
+            streams.retain(|other| *other != id);
+            if streams.is_empty() {
+                self.users.remove(&client.user);
+            }
+        }
+        for channel in client.channels.iter() {
+            if let Some(subscribers) = self.channels.get_mut(channel) {
+                subscribers.remove(&id);
+                if subscribers.is_empty() {
+                    self.channels.remove(channel);
+                }
+            }
+        }
+    }
+
+    /// Gives events their ids (the in-memory event flow) and queues them for
+    /// [`Hub::flush`]; answers with what each will reach. Answering before the
+    /// fan-out lets the publisher's reply go out before the streams it wakes.
+    pub fn publish(&mut self, events: Vec<Outgoing>) -> Vec<Published> {
+        let mut published = Vec::with_capacity(events.len());
+        for event in events {
+            let id = EventId::new(self.epoch, self.next_seq);
+            self.next_seq += 1;
+            published.push(Published {
+                id: id.to_string(),
+                recipients: self.count_recipients(&event.audience),
+            });
+            self.pending.push_back(Stamped { id, event });
+        }
+        published
+    }
+
+    /// Delivers every published event still waiting, oldest first. History is
+    /// written with the fan-out, so a stream registered in between receives
+    /// each event once, live.
+    pub fn flush(&mut self) {
+        while let Some(stamped) = self.pending.pop_front() {
+            self.fan_out(stamped.id, &stamped.event);
+        }
+    }
+
+    /// Delivers events whose ids were assigned elsewhere (a shared event
+    /// flow), skipping any not newer than the newest already seen.
+    pub fn deliver(&mut self, events: &[Stamped]) -> Vec<Published> {
+        let mut published = Vec::with_capacity(events.len());
+        for stamped in events {
+            if self.newest.is_some_and(|newest| stamped.id <= newest) {
+                continue; // already delivered before a reconnect of the flow
+            }
+            let recipients = self.fan_out(stamped.id, &stamped.event);
+            published.push(Published {
+                id: stamped.id.to_string(),
+                recipients,
+            });
+        }
+        published
+    }
+
+    /// Fills history with events that came before this node started, without
+    /// delivering them (a shared flow's retained events).
+    pub fn preload(&mut self, events: Vec<Stamped>) {
+        for stamped in events {
+            if self.newest.is_some_and(|newest| stamped.id <= newest) {
+                continue;
+            }
+            self.newest = Some(stamped.id);
+            let frame = sse::event(
+                Some(&stamped.id.to_string()),
+                stamped.event.name.as_str(),
+                &stamped.event.data,
+            );
+            self.history.push(Retained {
+                id: stamped.id,
+                audience: stamped.event.audience,
+                frame,
+            });
+        }
+    }
+
+    /// How many registered streams `audience` reaches, without touching their
+    /// queues (a stream that has just closed is still counted until it is
+    /// forgotten).
+    pub fn count_recipients(&mut self, audience: &Audience) -> usize {
+        match audience {
+            Audience::Everyone => self.clients.len(),
+            Audience::Targets { .. } => {
+                let mut count = 0;
+                self.each_recipient(audience, |_, _| count += 1);
+                count
+            }
+        }
+    }
+
+    /// Ends every stream whose token is no longer valid at `now`, after a
+    /// `token-expired` event. Returns how many were ended.
+    pub fn expire(&mut self, now: u64) -> usize {
+        let mut ended = 0;
+        while let Some(&(valid_until, id)) = self.expiries.first() {
+            if valid_until > now {
+                break;
+            }
+            if let Some(client) = self.clients.get(&id) {
+                client
+                    .outbox
+                    .push_unbounded(self.frames.token_expired.clone(), false);
+                ended += 1;
+            }
+            // Removes the expiry too; a stale entry (stream already gone) is dropped here.
+            self.disconnect(id);
+            self.expiries.remove(&(valid_until, id));
+        }
+        ended
+    }
+
+    /// Queues a heartbeat on every stream and forgets those that are gone.
+    /// Returns how many were forgotten.
+    pub fn heartbeat(&mut self) -> usize {
+        let heartbeat = &self.frames.heartbeat;
+        let gone: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, client)| client.outbox.push_heartbeat(heartbeat) != Push::Queued)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &gone {
+            self.disconnect(*id);
+        }
+        gone.len()
+    }
+
+    /// Refuses new streams from now on and lines up every open one to be
+    /// ended, oldest first. Returns how many are lined up (0 if a drain had
+    /// already started).
+    pub fn start_drain(&mut self) -> usize {
+        if self.draining {
+            return 0;
+        }
+        self.draining = true;
+        let mut queue: Vec<(u64, ClientId)> = self
+            .clients
+            .iter()
+            .map(|(id, client)| (client.opened, *id))
+            .collect();
+        // Newest first in the vector, so `pop` yields the oldest.
+        queue.sort_unstable_by(|a, b| b.cmp(a));
+        self.drain_queue = queue.into_iter().map(|(_, id)| id).collect();
+        self.drain_queue.len()
+    }
+
+    /// Ends up to `count` lined-up streams; true while some remain.
+    pub fn drain(&mut self, count: usize) -> bool {
+        for _ in 0..count {
+            match self.drain_queue.pop() {
+                Some(id) => self.disconnect(id),
+                None => break,
+            }
+        }
+        !self.drain_queue.is_empty()
+    }
+
+    /// The counts of what is open now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            connections: self.clients.len(),
+            users: self.users.len(),
+            channels: self
+                .channels
+                .iter()
+                .map(|(name, subscribers)| (name.to_string(), subscribers.len()))
+                .collect(),
+            history_len: self.history.len(),
+        }
+    }
+
+    /// Calls `visit` once for every stream `audience` reaches, even when a
+    /// stream matches it several ways.
+    fn each_recipient(&mut self, audience: &Audience, mut visit: impl FnMut(ClientId, &Client)) {
+        self.pass += 1;
+        let pass = self.pass;
+        let Self {
+            clients,
+            users,
+            channels,
+            ..
+        } = self;
+        let mut once = |id: ClientId, client: &mut Client| {
+            if client.last_pass != pass {
+                client.last_pass = pass;
+                visit(id, client);
+            }
+        };
+        match audience {
+            Audience::Everyone => {
+                for (id, client) in clients.iter_mut() {
+                    once(*id, client);
+                }
+            }
+            Audience::Targets {
+                users: target_users,
+                channels: target_channels,
+            } => {
+                let targeted = target_users
+                    .iter()
+                    .filter_map(|user| users.get(user))
+                    .flat_map(|streams| streams.iter())
+                    .chain(
+                        target_channels
+                            .iter()
+                            .filter_map(|channel| channels.get(channel))
+                            .flat_map(|subscribers| subscribers.iter()),
+                    );
+                for id in targeted {
+                    if let Some(client) = clients.get_mut(id) {
+                        once(*id, client);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Encodes one event once, queues it on every matching stream and keeps
+    /// it in history; returns how many streams took it.
+    fn fan_out(&mut self, id: EventId, event: &Outgoing) -> usize {
+        self.newest = Some(id);
+        let frame = sse::event(Some(&id.to_string()), event.name.as_str(), &event.data);
+        self.metrics
+            .events_published
+            .fetch_add(1, Ordering::Relaxed);
+        let metrics = self.metrics.clone();
+        let mut recipients = 0;
+        let mut gone = Vec::new();
+        self.each_recipient(&event.audience, |client_id, client| {
+            match client.outbox.push_event(&frame) {
+                Push::Queued => recipients += 1,
+                Push::Closed => gone.push(client_id),
+                Push::Overflowed => {
+                    metrics
+                        .slow_client_disconnects
+                        .fetch_add(1, Ordering::Relaxed);
+                    gone.push(client_id);
+                }
+            }
+        });
+        for client_id in gone {
+            self.disconnect(client_id);
+        }
+        self.history.push(Retained {
+            id,
+            audience: event.audience.clone(),
+            frame,
+        });
+        recipients
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::EventName;
+    use crate::sse::{Frame, Parser};
+
+    const EPOCH: u64 = 1_000;
+
+    fn limits() -> Limits {
+        Limits {
+            max_connections: 100,
+            max_connections_per_user: 3,
+            heartbeat_interval: Duration::from_secs(15),
+            history_size: 100,
+            history_max_bytes: usize::MAX,
+        }
+    }
+
+    fn hub() -> Hub {
+        Hub::new(limits(), Arc::new(Metrics::default()), EPOCH)
+    }
+
+    fn user(name: &str) -> UserId {
+        UserId::parse(name).unwrap()
+    }
+
+    fn channel(name: &str) -> Channel {
+        Channel::parse(name).unwrap()
+    }
+
+    /// Opens a stream for `name` on `channels`; returns its id and queue.
+    fn open(
+        hub: &mut Hub,
+        name: &str,
+        channels: &[&str],
+        last_event_id: Option<&str>,
+    ) -> Result<(ClientId, Arc<Outbox>, Connected), ConnectError> {
+        let id = ClientId::random();
+        let outbox = Outbox::new(10);
+        let connected = hub.connect(NewStream {
+            id,
+            user: user(name),
+            channels: channels.iter().map(|c| channel(c)).collect(),
+            last_event_id: last_event_id.map(str::to_owned),
+            valid_until: u64::MAX,
+            outbox: outbox.clone(),
+        })?;
+        Ok((id, outbox, connected))
+    }
+
+    fn event(name: &str, audience: Audience) -> Outgoing {
+        Outgoing {
+            name: EventName::parse(name).unwrap(),
+            data: format!(r#"{{"n":"{name}"}}"#),
+            audience,
+        }
+    }
+
+    fn to(users: &[&str], channels: &[&str]) -> Audience {
+        Audience::Targets {
+            users: users.iter().map(|u| user(u)).collect(),
+            channels: channels.iter().map(|c| channel(c)).collect(),
+        }
+    }
+
+    /// Everything queued on a stream so far, parsed as a client would.
+    fn received(outbox: &Outbox) -> Vec<Frame> {
+        let mut parser = Parser::new();
+        outbox
+            .take_queued()
+            .iter()
+            .flat_map(|chunk| parser.feed(chunk))
+            .collect()
+    }
+
+    fn names(frames: &[Frame]) -> Vec<&str> {
+        frames.iter().map(|frame| frame.event.as_str()).collect()
+    }
+
+    #[test]
+    fn an_event_reaching_a_stream_several_ways_is_queued_once() {
+        let mut hub = hub();
+        let (_, alice, _) = open(&mut hub, "alice", &["news", "sport"], None).unwrap();
+        let (_, bob, _) = open(&mut hub, "bob", &["news"], None).unwrap();
+        let (_, carol, _) = open(&mut hub, "carol", &["weather"], None).unwrap();
+        for outbox in [&alice, &bob, &carol] {
+            received(outbox); // the `connected` event
+        }
+
+        let published = hub.publish(vec![event(
+            "update",
+            to(&["alice", "alice"], &["news", "sport"]),
+        )]);
+        assert_eq!(published[0].recipients, 2, "alice and bob, once each");
+        hub.flush();
+
+        assert_eq!(names(&received(&alice)), ["update"]);
+        assert_eq!(names(&received(&bob)), ["update"]);
+        assert!(received(&carol).is_empty());
+    }
+
+    #[test]
+    fn streams_beyond_the_per_user_and_total_limits_are_refused() {
+        let mut hub = Hub::new(
+            Limits {
+                max_connections: 4,
+                ..limits()
+            },
+            Arc::new(Metrics::default()),
+            EPOCH,
+        );
+        let first = open(&mut hub, "alice", &[], None).unwrap().0;
+        open(&mut hub, "alice", &[], None).unwrap();
+        open(&mut hub, "alice", &[], None).unwrap();
+        assert!(matches!(
+            open(&mut hub, "alice", &[], None),
+            Err(ConnectError::TooManyConnections(_))
+        ));
+        hub.disconnect(first);
+        open(&mut hub, "alice", &[], None).expect("a closed stream frees its place");
+
+        open(&mut hub, "bob", &[], None).unwrap();
+        assert!(matches!(
+            open(&mut hub, "carol", &[], None),
+            Err(ConnectError::TooManyConnections(_))
+        ));
+        assert_eq!(hub.snapshot().connections, 4);
+    }
+
+    #[test]
+    fn a_stream_ends_when_its_token_stops_being_valid_and_not_before() {
+        let mut hub = hub();
+        let outbox = Outbox::new(10);
+        // A token with exp = 100 admitted under a 5-second leeway is valid until 105.
+        hub.connect(NewStream {
+            id: ClientId::random(),
+            user: user("alice"),
+            channels: Vec::new(),
+            last_event_id: None,
+            valid_until: 105,
+            outbox: outbox.clone(),
+        })
+        .unwrap();
+        received(&outbox);
+
+        assert_eq!(hub.expire(100), 0, "exp itself is inside the leeway");
+        assert_eq!(hub.expire(104), 0);
+        assert!(outbox.is_open());
+        assert_eq!(hub.expire(105), 1);
+        assert_eq!(names(&received(&outbox)), ["token-expired"]);
+        assert!(!outbox.is_open());
+        assert_eq!(hub.snapshot().connections, 0);
+        assert_eq!(hub.expire(200), 0, "an ended stream is not ended twice");
+    }
+
+    #[test]
+    fn heartbeats_reach_open_streams_and_forget_closed_ones() {
+        let mut hub = hub();
+        let (_, open_one, _) = open(&mut hub, "alice", &["news"], None).unwrap();
+        let (_, gone, _) = open(&mut hub, "bob", &["news"], None).unwrap();
+        received(&open_one);
+        gone.finish(); // as when the response body is dropped
+
+        assert_eq!(hub.heartbeat(), 1);
+        let snapshot = hub.snapshot();
+        assert_eq!(snapshot.connections, 1);
+        assert_eq!(snapshot.users, 1);
+        assert_eq!(snapshot.channels.get("news"), Some(&1));
+        assert_eq!(open_one.take_queued(), [Bytes::from_static(sse::HEARTBEAT)]);
+    }
+
+    #[test]
+    fn a_drain_refuses_new_streams_and_ends_the_oldest_first() {
+        let mut hub = hub();
+        let streams: Vec<Arc<Outbox>> = ["a", "b", "c"]
+            .iter()
+            .map(|name| open(&mut hub, name, &[], None).unwrap().1)
+            .collect();
+
+        assert_eq!(hub.start_drain(), 3);
+        assert_eq!(hub.start_drain(), 0, "a second drain does nothing");
+        assert!(matches!(
+            open(&mut hub, "d", &[], None),
+            Err(ConnectError::ShuttingDown)
+        ));
+        assert!(hub.drain(1));
+        let open_now: Vec<bool> = streams.iter().map(|o| o.is_open()).collect();
+        assert_eq!(open_now, [false, true, true]);
+        assert!(hub.drain(1));
+        assert!(!hub.drain(5), "nothing remains");
+        assert!(streams.iter().all(|o| !o.is_open()));
+        assert_eq!(hub.snapshot().connections, 0);
+    }
+
+    #[test]
+    fn a_resume_replays_what_was_missed_then_goes_live_without_gap_or_repeat() {
+        let mut hub = hub();
+        let first = hub.publish(vec![
+            event("one", Audience::Everyone),
+            event("two", to(&["alice"], &[])),
+            event("other", to(&["bob"], &[])),
+            event("three", to(&[], &["news"])),
+        ]);
+        hub.flush();
+        // Published and answered, not yet fanned out when the stream registers.
+        let pending = hub.publish(vec![event("four", Audience::Everyone)]);
+
+        let (_, outbox, connected) =
+            open(&mut hub, "alice", &["news"], Some(&first[0].id)).unwrap();
+        assert_eq!(
+            connected,
+            Connected {
+                replayed: 2,
+                recovered: true
+            }
+        );
+        hub.flush();
+        hub.publish(vec![event("five", to(&["alice"], &[]))]);
+        hub.flush();
+
+        let frames = received(&outbox);
+        assert_eq!(
+            names(&frames),
+            ["connected", "two", "three", "four", "five"]
+        );
+        let ids: Vec<EventId> = frames[1..]
+            .iter()
+            .map(|frame| frame.id.as_deref().unwrap().parse().unwrap())
+            .collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
+        assert_eq!(frames[3].id.as_deref(), Some(pending[0].id.as_str()));
+    }
+
+    #[test]
+    fn an_unknown_or_evicted_id_is_reported_as_not_recovered() {
+        let mut hub = Hub::new(
+            Limits {
+                history_size: 2,
+                ..limits()
+            },
+            Arc::new(Metrics::default()),
+            EPOCH,
+        );
+        let published = hub.publish((0..4).map(|_| event("e", Audience::Everyone)).collect());
+        hub.flush();
+
+        let (_, _, evicted) = open(&mut hub, "a", &[], Some(&published[0].id)).unwrap();
+        assert_eq!(
+            evicted,
+            Connected {
+                replayed: 2,
+                recovered: false
+            }
+        );
+        let (_, _, garbage) = open(&mut hub, "b", &[], Some("not-an-id")).unwrap();
+        assert_eq!(
+            garbage,
+            Connected {
+                replayed: 0,
+                recovered: false
+            }
+        );
+        let earlier_process = EventId::new(EPOCH - 1, 99).to_string();
+        let (_, _, earlier) = open(&mut hub, "c", &[], Some(&earlier_process)).unwrap();
+        assert!(!earlier.recovered);
+    }
+
+    #[test]
+    fn events_from_a_shared_flow_are_delivered_once_even_when_repeated() {
+        let mut hub = hub();
+        let (_, outbox, _) = open(&mut hub, "alice", &[], None).unwrap();
+        received(&outbox);
+        let stamped: Vec<Stamped> = (1..=3)
+            .map(|seq| Stamped {
+                id: EventId::new(7, seq),
+                event: event("e", Audience::Everyone),
+            })
+            .collect();
+
+        assert_eq!(hub.deliver(&stamped[..2]).len(), 2);
+        let again = hub.deliver(&stamped);
+        assert_eq!(again.len(), 1, "only the new one");
+        assert_eq!(again[0].id, "7-3");
+        let ids: Vec<Option<String>> = received(&outbox).into_iter().map(|f| f.id).collect();
+        assert_eq!(
+            ids,
+            [Some("7-1".into()), Some("7-2".into()), Some("7-3".into())]
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! Events as they travel through Herald: before an id ([`Outgoing`]), with
+//! one ([`Stamped`]), who they are for ([`Audience`]), and what publishing
+//! one did ([`Published`]).
+//!
+//! These know nothing of HTTP, actors or Redis; the routes build them, the
+//! event buses carry them, the Broadcaster delivers them.
+
+use serde::Serialize;
+
+use super::{Channel, EventId, EventName, UserId};
+
+/// Who an event is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Audience {
+    Everyone,
+    /// A union: a stream matching any user or any channel receives it once.
+    Targets {
+        users: Box<[UserId]>,
+        channels: Box<[Channel]>,
+    },
+}
+
+impl Audience {
+    /// Whether a stream of `user` subscribed to `channels` may receive it.
+    pub fn includes(&self, user: &UserId, channels: &[Channel]) -> bool {
+        match self {
+            Self::Everyone => true,
+            Self::Targets {
+                users,
+                channels: targets,
+            } => users.contains(user) || targets.iter().any(|target| channels.contains(target)),
+        }
+    }
+}
+
+/// An event to publish, before it has an id.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub name: EventName,
+    /// Compact JSON text (never holds a raw line break).
+    pub data: String,
+    pub audience: Audience,
+}
+
+/// An event with its id, as it is delivered.
+#[derive(Clone, Debug)]
+pub struct Stamped {
+    pub id: EventId,
+    pub event: Outgoing,
+}
+
+/// What publishing one event did on this node: the publish answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Published {
+    pub id: String,
+    /// Streams on this node the event was (or will at once be) queued to.
+    pub recipients: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audience_is_a_union_of_users_and_channels() {
+        let alice = UserId::parse("alice").unwrap();
+        let bob = UserId::parse("bob").unwrap();
+        let news = Channel::parse("news").unwrap();
+        let audience = Audience::Targets {
+            users: vec![alice.clone()].into(),
+            channels: vec![news.clone()].into(),
+        };
+        assert!(audience.includes(&alice, &[]));
+        assert!(audience.includes(&bob, std::slice::from_ref(&news)));
+        assert!(!audience.includes(&bob, &[Channel::parse("sport").unwrap()]));
+        assert!(Audience::Everyone.includes(&bob, &[]));
+    }
+}
