@@ -67,6 +67,10 @@ struct State {
     queue: VecDeque<Bytes>,
     /// How many of the queued frames are events (not heartbeats), for stats.
     queued_events: usize,
+    /// How many of them are live events, pushed through the bound: what the
+    /// slow-consumer policy counts. A replay is not counted (history bounds
+    /// it), so a resume with a large gap is not cut by the first live event.
+    live_events: usize,
     /// Woken when the queue goes from empty to non-empty.
     waker: Option<Waker>,
     ending: Option<Ending>,
@@ -87,6 +91,7 @@ impl Outbox {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 queued_events: 0,
+                live_events: 0,
                 waker: None,
                 ending: None,
                 socket: None,
@@ -109,10 +114,11 @@ impl Outbox {
         if state.ending.is_some() {
             return Push::Closed;
         }
-        if state.queued_events >= self.capacity {
+        if state.live_events >= self.capacity {
             state.ending = Some(Ending::Overflow);
             state.queue = VecDeque::new();
             state.queued_events = 0;
+            state.live_events = 0;
             if let Some(ConnectionSocket(socket)) = state.socket.take() {
                 // SAFETY: a descriptor in `State::socket` belongs to this live
                 // connection (see `ConnectionSocket`); shutdown() does not close it.
@@ -126,6 +132,7 @@ impl Outbox {
             return Push::Overflowed;
         }
         state.queued_events += 1;
+        state.live_events += 1;
         Self::enqueue(state, frame.clone());
         Push::Queued
     }
@@ -186,6 +193,7 @@ impl Outbox {
     pub fn take_queued(&self) -> Vec<Bytes> {
         let mut state = self.lock();
         state.queued_events = 0;
+        state.live_events = 0;
         state.queue.drain(..).collect()
     }
 
@@ -239,6 +247,7 @@ impl ClientStream {
     /// The queue keeps its allocation for the next event unless a burst grew it.
     fn take_queue(state: &mut State) -> (Option<Bytes>, usize) {
         let events = std::mem::take(&mut state.queued_events);
+        state.live_events = 0;
         let bytes = match state.queue.len() {
             0 => None,
             1 => state.queue.pop_front(),
@@ -319,6 +328,18 @@ mod tests {
         assert_eq!(outbox.queued(), 0);
         assert_eq!(outbox.push_event(&frame), Push::Closed);
         assert!(!outbox.is_open());
+    }
+
+    #[test]
+    fn a_replay_does_not_count_against_the_bound_on_live_events() {
+        let outbox = Outbox::new(2);
+        let frame = Bytes::from_static(b"data: x\n\n");
+        for _ in 0..5 {
+            outbox.push_unbounded(frame.clone(), true);
+        }
+        assert_eq!(outbox.push_event(&frame), Push::Queued);
+        assert_eq!(outbox.push_event(&frame), Push::Queued);
+        assert_eq!(outbox.push_event(&frame), Push::Overflowed);
     }
 
     #[test]
