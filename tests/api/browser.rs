@@ -433,14 +433,12 @@ async fn a_user_name_with_markup_is_shown_as_text() {
 async fn demo_login_answers_a_json_404_when_it_is_off() {
     let server = spawn(&[("DEMO_LOGIN", "false")]).await;
     for path in ["/demo/login", "/demo/logout"] {
-        let mut response = no_redirects()
-            .post(server.url(path))
-            .send_form(&[("user", "alice"), ("admin", "on")])
-            .await
-            .expect("request");
-        assert_eq!(response.status(), 404, "{path}");
-        assert!(response.cookie("herald_token").is_none(), "{path}");
-        let body: Value = response.json().await.expect("a JSON body");
+        let answer = server
+            .post_form(path, &[("user", "alice"), ("admin", "on")], None)
+            .await;
+        assert_eq!(answer.status, 404, "{path}");
+        assert!(answer.cookie("herald_token").is_none(), "{path}");
+        let body = answer.json();
         assert_eq!(body["error"], "not_found", "{path}: {body}");
         assert!(body["message"].is_string(), "{path}: {body}");
     }
@@ -449,9 +447,9 @@ async fn demo_login_answers_a_json_404_when_it_is_off() {
 #[actix_web::test]
 async fn without_demo_login_the_page_says_how_to_get_a_token() {
     let server = spawn(&[("DEMO_LOGIN", "false")]).await;
-    let mut response = server.client().get(server.url("/")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let page = String::from_utf8(response.body().await.unwrap().to_vec()).unwrap();
+    let answer = server.get("/").await;
+    assert_eq!(answer.status, 200);
+    let page = answer.text();
     assert!(page.contains(r#"id="how-to-token""#), "{page}");
     assert!(page.contains("herald_token"), "names the cookie");
     assert!(!page.contains("/demo/login"), "no sign-in form");
@@ -460,14 +458,12 @@ async fn without_demo_login_the_page_says_how_to_get_a_token() {
 #[actix_web::test]
 async fn demo_login_sets_an_http_only_strict_cookie_for_the_token_lifetime() {
     let server = spawn(&[("DEMO_LOGIN", "true")]).await;
-    let response = no_redirects()
-        .post(server.url("/demo/login"))
-        .send_form(&[("user", " dave "), ("admin", "on")])
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 303);
-    assert_eq!(response.headers().get("location").unwrap(), "/");
-    let cookie = response.cookie("herald_token").expect("the auth cookie");
+    let answer = server
+        .demo_login(&[("user", " dave "), ("admin", "on")])
+        .await;
+    assert_eq!(answer.status, 303);
+    assert_eq!(answer.header("location"), Some("/"));
+    let cookie = answer.cookie("herald_token").expect("the auth cookie");
     assert_eq!(cookie.http_only(), Some(true));
     assert_eq!(cookie.same_site(), Some(SameSite::Strict));
     assert_eq!(cookie.path(), Some("/"));
@@ -480,19 +476,15 @@ async fn demo_login_sets_an_http_only_strict_cookie_for_the_token_lifetime() {
     let token = cookie.value().to_owned();
     let (_stream, connected) = server.subscribe(&token, "channel=anything").await;
     assert_eq!(connected["user"], "dave");
-    let (status, _) = server
+    let published = server
         .publish(&token, &json!({"event": "ok", "user": "dave"}))
         .await;
-    assert_eq!(status, 202, "an admin may publish");
+    assert_eq!(published.status, 202, "an admin may publish");
 
     // Signing out clears the cookie.
-    let response = no_redirects()
-        .post(server.url("/demo/logout"))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 303);
-    let cleared = response.cookie("herald_token").expect("a removal cookie");
+    let answer = server.demo_logout().await;
+    assert_eq!(answer.status, 303);
+    let cleared = answer.cookie("herald_token").expect("a removal cookie");
     assert_eq!(cleared.value(), "");
     assert_eq!(cleared.max_age(), Some(time::Duration::ZERO));
 }
@@ -507,14 +499,10 @@ async fn demo_login_refuses_a_bad_user_name_or_another_origin() {
         ("line\nbreak", 400, "bad_request"),
         (too_long.as_str(), 400, "bad_request"),
     ] {
-        let mut response = no_redirects()
-            .post(server.url("/demo/login"))
-            .send_form(&[("user", user)])
-            .await
-            .expect("request");
-        assert_eq!(response.status(), status, "{user:?}");
-        assert!(response.cookie("herald_token").is_none(), "{user:?}");
-        let body: Value = response.json().await.expect("JSON");
+        let answer = server.demo_login(&[("user", user)]).await;
+        assert_eq!(answer.status, status, "{user:?}");
+        assert!(answer.cookie("herald_token").is_none(), "{user:?}");
+        let body = answer.json();
         assert_eq!(body["error"], code, "{user:?}: {body}");
         assert!(
             body["message"].as_str().unwrap().contains("user"),
@@ -523,29 +511,21 @@ async fn demo_login_refuses_a_bad_user_name_or_another_origin() {
     }
 
     // Another site may not sign a visitor in as someone of its choosing.
-    let mut response = no_redirects()
-        .post(server.url("/demo/login"))
-        .insert_header(("Origin", "http://evil.example"))
-        .send_form(&[("user", "alice")])
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 403);
-    assert!(response.cookie("herald_token").is_none());
-    let body: Value = response.json().await.expect("JSON");
-    assert_eq!(body["error"], "forbidden");
+    let answer = server
+        .post_form(
+            "/demo/login",
+            &[("user", "alice")],
+            Some("http://evil.example"),
+        )
+        .await;
+    assert_eq!(answer.status, 403);
+    assert!(answer.cookie("herald_token").is_none());
+    assert_eq!(answer.json()["error"], "forbidden");
 }
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// An HTTP client that shows a redirect instead of following it.
-fn no_redirects() -> awc::Client {
-    awc::Client::builder()
-        .disable_redirects()
-        .timeout(TIMEOUT)
-        .finish()
-}
 
 /// Writes a screenshot of the page under `tests/screenshots/`.
 async fn save_screenshot(browser: &Browser, name: &str) {

@@ -195,13 +195,7 @@ async fn ids_are_ordered_cluster_wide_and_every_node_sees_one_order() {
         let mut seen = Vec::new();
         for _ in 0..20 {
             let frame = stream.next().await;
-            seen.push(
-                frame
-                    .id
-                    .unwrap()
-                    .parse::<herald::EventId>()
-                    .unwrap(),
-            );
+            seen.push(frame.id.unwrap().parse::<herald::EventId>().unwrap());
         }
         assert_eq!(
             seen, published,
@@ -297,28 +291,27 @@ async fn when_redis_goes_away_publish_fails_streams_stay_and_delivery_resumes_af
     assert_eq!(data(&stream.next().await), json!("before"));
 
     redis.kill();
-    let (status, answer) = a
+    let refused = a
         .publish(&admin_token(), &json!({"user": "alice", "data": "refused"}))
         .await;
     assert_eq!(
-        (status, answer["error"].as_str()),
+        (refused.status, refused.json()["error"].as_str()),
         (503, Some("unavailable"))
     );
-    let health = a.client().get(a.url("/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 503);
+    assert_eq!(a.get("/healthz").await.status, 503);
     stream.wait_for_heartbeats(3).await;
     assert_eq!(b.stats().await["connections"], 1, "the stream stays open");
 
     redis.restart();
     let deadline = Instant::now() + TIMEOUT;
     let accepted = loop {
-        let (status, answer) = a
+        let answer = a
             .publish(&admin_token(), &json!({"user": "alice", "data": "after"}))
             .await;
-        if status == 202 {
-            break answer;
+        if answer.status == 202 {
+            break answer.into_json();
         }
-        assert_eq!(status, 503);
+        assert_eq!(answer.status, 503, "{answer}");
         assert!(Instant::now() < deadline, "publishing never recovered");
         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     };
@@ -329,8 +322,7 @@ async fn when_redis_goes_away_publish_fails_streams_stay_and_delivery_resumes_af
         "the refused event was never accepted, so never sent"
     );
     assert_eq!(frame.id.as_deref(), accepted["id"].as_str());
-    let health = a.client().get(a.url("/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
+    assert_eq!(a.get("/healthz").await.status, 200);
 }
 
 #[actix_web::test]
@@ -361,13 +353,13 @@ impl TestServer {
     async fn send_when_possible(&self, body: Value) -> Value {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            let (status, answer) = self.publish(&admin_token(), &body).await;
-            if status == 202 {
-                return answer;
+            let answer = self.publish(&admin_token(), &body).await;
+            if answer.status == 202 {
+                return answer.into_json();
             }
             assert!(
-                status == 503 && Instant::now() < deadline,
-                "publish: {status} {answer}"
+                answer.status == 503 && Instant::now() < deadline,
+                "publish: {answer}"
             );
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
         }

@@ -4,11 +4,14 @@ use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::time::Duration;
 
+use actix_web::cookie::Cookie;
+use actix_web::http::header::{HeaderMap, CONTENT_TYPE, SET_COOKIE};
 use actix_web::rt::time::timeout;
+use actix_web::HttpMessage;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use herald::Config;
 use herald::sse::{Frame, Parser};
+use herald::Config;
 use herald::{Application, Shutdown};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -121,41 +124,74 @@ impl TestServer {
         (stream, serde_json::from_str(&connected.data).unwrap())
     }
 
-    /// Sends `body` as JSON; returns the status and the JSON answer.
-    pub async fn publish(&self, token: &str, body: &Value) -> (u16, Value) {
-        let mut response = self
-            .client
-            .post(self.url("/api/send"))
-            .bearer_auth(token)
-            .send_json(body)
-            .await
-            .expect("publish request");
-        let status = response.status().as_u16();
-        let answer = response
-            .json::<Value>()
-            .limit(1 << 20)
-            .await
-            .unwrap_or(Value::Null);
-        (status, answer)
+    /// `GET path`, without a token.
+    pub async fn get(&self, path: &str) -> Answer {
+        Answer::of(self.client.get(self.url(path)).send()).await
     }
 
-    /// Publishes as admin and expects 202.
+    /// `GET /api/events?query` with a Bearer token, for the answer alone: a
+    /// refusal, or a 200 whose stream is closed at once (see [`Answer::of`]).
+    pub async fn get_events(&self, token: &str, query: &str) -> Answer {
+        let path = match query {
+            "" => "/api/events".to_owned(),
+            query => format!("/api/events?{query}"),
+        };
+        let request = self.client.get(self.url(&path)).bearer_auth(token);
+        Answer::of(request.send()).await
+    }
+
+    /// `POST /api/send` with `body` as JSON.
+    pub async fn publish(&self, token: &str, body: &Value) -> Answer {
+        let request = self.client.post(self.url("/api/send")).bearer_auth(token);
+        Answer::of(request.send_json(body)).await
+    }
+
+    /// Publishes as admin and expects 202; returns the JSON answer.
     pub async fn send(&self, body: Value) -> Value {
-        let (status, answer) = self.publish(&admin_token(), &body).await;
-        assert_eq!(status, 202, "publish refused: {answer}");
-        answer
+        let answer = self.publish(&admin_token(), &body).await;
+        assert_eq!(answer.status, 202, "publish refused: {answer}");
+        answer.into_json()
     }
 
+    /// `GET /api/stats`, with `token` if given.
+    pub async fn get_stats(&self, token: Option<&str>) -> Answer {
+        let mut request = self.client.get(self.url("/api/stats"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        Answer::of(request.send()).await
+    }
+
+    /// The stats, read as admin.
     pub async fn stats(&self) -> Value {
-        let mut response = self
-            .client
-            .get(self.url("/api/stats"))
-            .bearer_auth(admin_token())
-            .send()
-            .await
-            .expect("stats request");
-        assert_eq!(response.status(), 200);
-        response.json::<Value>().await.unwrap()
+        let answer = self.get_stats(Some(&admin_token())).await;
+        assert_eq!(answer.status, 200, "{answer}");
+        answer.into_json()
+    }
+
+    /// `POST /demo/login` with `form`, as the page's sign-in form sends it.
+    pub async fn demo_login(&self, form: &[(&str, &str)]) -> Answer {
+        self.post_form("/demo/login", form, None).await
+    }
+
+    /// `POST /demo/logout`, without a body.
+    pub async fn demo_logout(&self) -> Answer {
+        Answer::of(no_redirects().post(self.url("/demo/logout")).send()).await
+    }
+
+    /// Posts `form` to `path`, with an `Origin` header if given. A redirect
+    /// is answered, not followed, so its `Location` and cookies can be seen.
+    pub async fn post_form(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        origin: Option<&str>,
+    ) -> Answer {
+        let mut request = no_redirects().post(self.url(path));
+        if let Some(origin) = origin {
+            request = request.insert_header(("origin", origin));
+        }
+        Answer::of(request.send_form(&form)).await
     }
 
     /// Waits until the server reports `connections` open streams.
@@ -177,12 +213,118 @@ impl TestServer {
     }
 }
 
+/// An HTTP client that shows a redirect instead of following it.
+fn no_redirects() -> awc::Client {
+    awc::Client::builder()
+        .disable_redirects()
+        .timeout(TIMEOUT)
+        .finish()
+}
+
+/// An answer as the tests look at it: status, headers and the whole body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// The whole body (empty for an event stream).
+    pub body: Bytes,
+    /// The body, if the answer says it is JSON and it parses.
+    json: Option<Value>,
+}
+
+impl Answer {
+    /// Sends a request and reads its whole answer. The body of an event
+    /// stream is not read: the stream is closed once the answer is made.
+    pub async fn of(request: awc::SendClientRequest) -> Self {
+        let mut response = request
+            .await
+            .unwrap_or_else(|e| panic!("the request failed: {e}"));
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        if is_event_stream(&headers) {
+            return Self {
+                status,
+                headers,
+                body: Bytes::new(),
+                json: None,
+            };
+        }
+        let body = response
+            .body()
+            .limit(ANSWER_LIMIT)
+            .await
+            .unwrap_or_else(|e| panic!("the body of a {status} answer: {e}"));
+        // As awc's `json()` has it: only a JSON content type counts.
+        let json = response
+            .mime_type()
+            .ok()
+            .flatten()
+            .filter(|mime| mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON))
+            .and_then(|_| serde_json::from_slice(&body).ok());
+        Self {
+            status,
+            headers,
+            body,
+            json,
+        }
+    }
+
+    /// The JSON body; fails the test if the answer is not JSON.
+    pub fn json(&self) -> &Value {
+        self.json
+            .as_ref()
+            .unwrap_or_else(|| panic!("not a JSON answer: {self}"))
+    }
+
+    pub fn into_json(self) -> Value {
+        match self.json {
+            Some(json) => json,
+            None => panic!("not a JSON answer: {self}"),
+        }
+    }
+
+    /// The body as text; fails the test if it is not UTF-8.
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap_or_else(|e| panic!("{self}: {e}"))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .map(|value| value.to_str().expect("a header in ASCII"))
+    }
+
+    /// The cookie `name` that the answer sets, if any.
+    pub fn cookie(&self, name: &str) -> Option<Cookie<'static>> {
+        self.headers
+            .get_all(SET_COOKIE)
+            .filter_map(|value| Cookie::parse_encoded(value.to_str().ok()?).ok())
+            .find(|cookie| cookie.name() == name)
+            .map(Cookie::into_owned)
+    }
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, String::from_utf8_lossy(&self.body))
+    }
+}
+
+/// The most of an answer's body that is read.
+const ANSWER_LIMIT: usize = 16 << 20;
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("text/event-stream"))
+}
+
 type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, awc::error::PayloadError>>>>;
 
 /// One SSE response, read frame by frame with timeouts.
 pub struct Sse {
     pub status: u16,
-    pub headers: actix_web::http::header::HeaderMap,
+    pub headers: HeaderMap,
     body: BodyStream,
     parser: Parser,
     pending: VecDeque<Frame>,
