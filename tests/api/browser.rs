@@ -20,6 +20,7 @@ use herald::DEMO_TOKEN_TTL_SECS;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Map, Value};
 
+use crate::helpers::redis::Redis;
 use crate::helpers::*;
 
 /// Longest wait for the page: a cold Chromium on a busy two-core machine is slow.
@@ -276,7 +277,7 @@ async fn start_on(port: &str, pairs: &[(&str, &str)]) -> TestServer {
 
 #[actix_web::test]
 async fn after_its_node_restarts_the_page_shows_events_sent_through_the_other_node_exactly_once() {
-    let Some(redis) = crate::cluster::Redis::start() else {
+    let Some(redis) = Redis::start() else {
         return;
     };
     let Some(browser) = Browser::start(

@@ -1,6 +1,11 @@
-//! Starts a real Herald on a random port and talks HTTP to it.
+//! Starts a real Herald on a random port and talks HTTP to it; the fixtures
+//! for the tests that need other programs are in the submodules.
+
+pub mod redis;
 
 use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -424,4 +429,35 @@ pub fn data(frame: &Frame) -> Value {
 pub fn raise_open_files() {
     // Failing leaves the limit as it was; the test then reports what failed.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
+}
+
+/// Where `name` is on `PATH`, if anywhere.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|directory| directory.join(name))
+        .find(|path| path.is_file())
+}
+
+/// Reports that this test cannot run here because `reason`; the caller then
+/// returns. Under `CI=true` it fails the test instead: CI runs every test.
+pub fn skip(reason: &str) {
+    // The harness names each test's thread after the test.
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    if std::env::var("CI").is_ok_and(|value| value == "true") {
+        panic!("{test}: {reason}, and CI=true requires every test to run");
+    }
+    // Straight to stderr: the harness swallows a passing test's `eprintln!`,
+    // and a skip must be seen. If stderr is gone there is nowhere to report.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {test}: {reason}, so it did not run; set CI=true to make this a failure"
+    );
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
 }
