@@ -1,6 +1,7 @@
 //! Starts a real Herald on a random port and talks HTTP to it; the fixtures
 //! for the tests that need other programs are in the submodules.
 
+pub mod browser;
 pub mod redis;
 
 use std::collections::{HashMap, VecDeque};
