@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use actix_web::rt::time::timeout;
 use serde_json::{json, Value};
+use tokio::sync::watch;
 
 use crate::helpers::*;
 
@@ -183,6 +185,15 @@ async fn an_id_from_before_a_restart_is_unknown_but_events_since_are_replayed() 
     assert_eq!(next_data(&mut stream).await, json!("after restart"));
 }
 
+/// How far the publisher in the test below has got.
+#[derive(Clone, Copy, Default)]
+struct Progress {
+    /// Publish requests sent.
+    requested: u64,
+    /// Publish requests answered 202: those events are in history.
+    accepted: u64,
+}
+
 #[actix_web::test]
 async fn a_client_dropping_and_resuming_at_random_moments_gets_every_event_once_in_order() {
     let server = spawn(&[]).await;
@@ -199,28 +210,30 @@ async fn a_client_dropping_and_resuming_at_random_moments_gets_every_event_once_
     let token = user_token("alice", &[]);
     // The first stream is open before anything is published.
     let (mut stream, _) = server.subscribe(&token, "").await;
+    let (progress, mut watch_progress) = watch::channel(Progress::default());
     let url = server.url("/api/send");
     let publisher = actix_web::rt::spawn(async move {
         let client = client();
+        let mut ids = Vec::new();
         for n in 0..TOTAL {
-            let response = client
-                .post(&url)
-                .bearer_auth(admin_token())
-                .send_json(&json!({"user": "alice", "data": n}))
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 202);
+            progress.send_modify(|p| p.requested += 1);
+            let request = client.post(&url).bearer_auth(admin_token());
+            let answer = Answer::of(request.send_json(&json!({"user": "alice", "data": n}))).await;
+            assert_eq!(answer.status, 202, "{answer}");
+            ids.push(answer.json()["id"].as_str().unwrap().to_owned());
+            progress.send_modify(|p| p.accepted += 1);
         }
+        ids
     });
-    let mut received: Vec<u64> = Vec::new();
-    let mut reconnects = 0;
+    // Every event received, over all the streams, and its id.
+    let mut received: Vec<(u64, String)> = Vec::new();
+    let (mut resumes, mut replayed_in_all) = (0, 0);
     loop {
         let take = next_random() % 25 + 1;
-        let mut last_id = None;
         for _ in 0..take {
             let frame = stream.next().await;
-            received.push(data(&frame).as_u64().unwrap());
-            last_id = frame.id;
+            let id = frame.id.clone().expect("an event has an id");
+            received.push((data(&frame).as_u64().unwrap(), id));
             if received.len() as u64 == TOTAL {
                 break;
             }
@@ -229,32 +242,50 @@ async fn a_client_dropping_and_resuming_at_random_moments_gets_every_event_once_
             break;
         }
         drop(stream);
+        // Resume only once an event this client has not received has been
+        // accepted, so that every resume has something to replay.
+        let seen = received.len() as u64;
+        let accepted = timeout(TIMEOUT, watch_progress.wait_for(|p| p.accepted > seen))
+            .await
+            .expect("the publisher went on")
+            .expect("the publisher did not fail")
+            .accepted;
+        let (_, last_id) = received.last().unwrap();
         let request = server
             .client()
             .get(server.url("/api/events"))
             .bearer_auth(&token)
-            .insert_header(("last-event-id", last_id.unwrap()));
+            .insert_header(("last-event-id", last_id.as_str()));
         stream = Sse::open(request).await;
         assert_eq!(stream.status, 200);
         let connected = stream.next().await;
         assert_eq!(connected.event, "connected");
-        assert_eq!(
-            data(&connected)["recovered"],
-            true,
-            "history covers the gap"
+        let requested = watch_progress.borrow().requested;
+        let connected = data(&connected);
+        assert_eq!(connected["recovered"], true, "history covers the gap");
+        // The replay is what the server held after the last event received
+        // when it registered the stream: at least every event accepted before
+        // the request, at most every event requested before `connected`
+        // arrived. That the stream then delivers exactly these, and then the
+        // live ones, is checked with everything received below.
+        let replayed = connected["replayed"].as_u64().unwrap();
+        assert!(
+            (accepted - seen..=requested - seen).contains(&replayed),
+            "resuming after {seen} events, {replayed} were replayed, though {accepted} \
+             had been accepted before and {requested} requested"
         );
-        reconnects += 1;
+        resumes += 1;
+        replayed_in_all += replayed;
     }
-    publisher.await.unwrap();
+    let published = publisher.await.unwrap();
+    println!("{resumes} resumes replayed {replayed_in_all} events");
+    let (numbers, ids): (Vec<u64>, Vec<String>) = received.into_iter().unzip();
     assert_eq!(
-        received,
+        numbers,
         (0..TOTAL).collect::<Vec<_>>(),
         "every event exactly once, in order"
     );
-    assert!(
-        reconnects > 10,
-        "the client really dropped and resumed ({reconnects} streams)"
-    );
+    assert_eq!(ids, published, "each with the id it was published with");
 }
 
 fn urlencode(text: &str) -> String {
