@@ -146,8 +146,11 @@ async fn unknown_or_evicted_ids_resume_with_recovered_false() {
         let connected = data(&stream.next().await);
         assert_eq!(connected["recovered"], recovered, "{case}");
         assert_eq!(connected["replayed"], replayed, "{case}");
-        for _ in 0..replayed {
-            assert!(stream.next().await.id.is_some(), "{case}");
+        // The replay is the newest events (data 0 to 5), oldest first.
+        for n in 6 - replayed..6 {
+            let frame = stream.next().await;
+            assert!(frame.id.is_some(), "{case}");
+            assert_eq!(data(&frame), json!(n), "{case}");
         }
     }
 }
