@@ -111,13 +111,7 @@ async fn resume_works_on_another_node_and_on_a_node_started_later() {
         .await;
 
     for resume_node in [&b, &redis.node(&[]).await] {
-        let request = resume_node
-            .client()
-            .get(resume_node.url("/api/events?channel=news"))
-            .bearer_auth(&token)
-            .insert_header(("last-event-id", last.as_str()));
-        let mut resumed = Sse::open(request).await;
-        let connected = data(&resumed.next().await);
+        let (mut resumed, connected) = resume_node.resume(&token, "channel=news", &last).await;
         assert_eq!(
             (
                 connected["recovered"].as_bool(),
@@ -155,13 +149,8 @@ async fn a_node_restarted_mid_stream_loses_nothing_for_clients_that_resume() {
         steady.send(json!({"user": "alice", "data": n})).await;
     }
     let replacement = redis.node(&[]).await;
-    let request = replacement
-        .client()
-        .get(replacement.url("/api/events"))
-        .bearer_auth(&token)
-        .insert_header(("last-event-id", last_id.unwrap().as_str()));
-    let mut resumed = Sse::open(request).await;
-    assert_eq!(data(&resumed.next().await)["recovered"], true);
+    let (mut resumed, connected) = replacement.resume(&token, "", &last_id.unwrap()).await;
+    assert_eq!(connected["recovered"], true);
     for _ in 10..20 {
         received.push(data(&resumed.next().await));
     }

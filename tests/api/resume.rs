@@ -8,24 +8,6 @@ use tokio::sync::watch;
 
 use crate::helpers::*;
 
-async fn resume(
-    server: &TestServer,
-    token: &str,
-    query: &str,
-    last_event_id: &str,
-) -> (Sse, Value) {
-    let request = server
-        .client()
-        .get(server.url(&format!("/api/events?{query}")))
-        .bearer_auth(token)
-        .insert_header(("last-event-id", last_event_id));
-    let mut stream = Sse::open(request).await;
-    assert_eq!(stream.status, 200);
-    let connected = stream.next().await;
-    assert_eq!(connected.event, "connected");
-    (stream, data(&connected))
-}
-
 async fn next_data(stream: &mut Sse) -> Value {
     data(&stream.next().await)
 }
@@ -41,7 +23,7 @@ async fn resume_replays_exactly_the_missed_events_in_order_then_goes_live() {
     for n in 1..=3 {
         server.send(json!({"user": "alice", "data": n})).await;
     }
-    let (mut resumed, connected) = resume(&server, &token, "", seen.id.as_deref().unwrap()).await;
+    let (mut resumed, connected) = server.resume(&token, "", seen.id.as_deref().unwrap()).await;
     assert_eq!(
         (
             connected["replayed"].as_u64(),
@@ -89,13 +71,9 @@ async fn replay_holds_only_what_this_stream_may_receive_now() {
     server.send(batch).await;
     // Alice now subscribes to news and sport, but her token does not allow "secret".
     let token = user_token("alice", &["news", "sport"]);
-    let (mut stream, connected) = resume(
-        &server,
-        &token,
-        "channels=news,sport",
-        start["id"].as_str().unwrap(),
-    )
-    .await;
+    let (mut stream, connected) = server
+        .resume(&token, "channels=news,sport", start["id"].as_str().unwrap())
+        .await;
     assert_eq!(connected["replayed"], 4);
     let mut replayed = Vec::new();
     for _ in 0..4 {
@@ -179,7 +157,7 @@ async fn an_id_from_before_a_restart_is_unknown_but_events_since_are_replayed() 
             > old_id.parse().unwrap(),
         "ids keep increasing across a restart"
     );
-    let (mut stream, connected) = resume(&after, &token, "", &old_id).await;
+    let (mut stream, connected) = after.resume(&token, "", &old_id).await;
     assert_eq!(
         connected["recovered"], false,
         "the old process's history is gone"
@@ -254,17 +232,9 @@ async fn a_client_dropping_and_resuming_at_random_moments_gets_every_event_once_
             .expect("the publisher did not fail")
             .accepted;
         let (_, last_id) = received.last().unwrap();
-        let request = server
-            .client()
-            .get(server.url("/api/events"))
-            .bearer_auth(&token)
-            .insert_header(("last-event-id", last_id.as_str()));
-        stream = Sse::open(request).await;
-        assert_eq!(stream.status, 200);
-        let connected = stream.next().await;
-        assert_eq!(connected.event, "connected");
+        let (resumed, connected) = server.resume(&token, "", last_id).await;
+        stream = resumed;
         let requested = watch_progress.borrow().requested;
-        let connected = data(&connected);
         assert_eq!(connected["recovered"], true, "history covers the gap");
         // The replay is what the server held after the last event received
         // when it registered the stream: at least every event accepted before

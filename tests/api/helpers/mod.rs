@@ -115,10 +115,28 @@ impl TestServer {
 
     /// Opens a stream with a Bearer token and reads its `connected` event.
     pub async fn subscribe(&self, token: &str, query: &str) -> (Sse, Value) {
-        let request = self
+        self.open_stream(token, query, None).await
+    }
+
+    /// Opens a stream as [`subscribe`](Self::subscribe) does, resuming
+    /// after `last_event_id` (sent as the `Last-Event-ID` header).
+    pub async fn resume(&self, token: &str, query: &str, last_event_id: &str) -> (Sse, Value) {
+        self.open_stream(token, query, Some(last_event_id)).await
+    }
+
+    async fn open_stream(
+        &self,
+        token: &str,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> (Sse, Value) {
+        let mut request = self
             .client
-            .get(self.url(&format!("/api/events?{query}")))
+            .get(self.url(&events_path(query)))
             .bearer_auth(token);
+        if let Some(id) = last_event_id {
+            request = request.insert_header(("last-event-id", id));
+        }
         let mut stream = Sse::open(request).await;
         if stream.status != 200 {
             let status = stream.status;
@@ -138,11 +156,10 @@ impl TestServer {
     /// `GET /api/events?query` with a Bearer token, for the answer alone: a
     /// refusal, or a 200 whose stream is closed at once (see [`Answer::of`]).
     pub async fn get_events(&self, token: &str, query: &str) -> Answer {
-        let path = match query {
-            "" => "/api/events".to_owned(),
-            query => format!("/api/events?{query}"),
-        };
-        let request = self.client.get(self.url(&path)).bearer_auth(token);
+        let request = self
+            .client
+            .get(self.url(&events_path(query)))
+            .bearer_auth(token);
         Answer::of(request.send()).await
     }
 
@@ -216,6 +233,14 @@ impl TestServer {
             "connections never became {connections}: {}",
             self.stats().await
         );
+    }
+}
+
+/// `/api/events`, with `query` if there is one.
+fn events_path(query: &str) -> String {
+    match query {
+        "" => "/api/events".to_owned(),
+        query => format!("/api/events?{query}"),
     }
 }
 
