@@ -1,121 +1,12 @@
 //! Many nodes on one Redis: cross-node delivery, ordering, resume anywhere,
 //! restarts of a node and of Redis.
 
-use std::io::Write;
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::helpers::redis::Redis;
 use crate::helpers::*;
-
-/// A `redis-server` of the test's own, on a random port, with an append-only
-/// file so a restart keeps what was accepted.
-pub struct Redis {
-    child: Option<Child>,
-    pub port: u16,
-    dir: PathBuf,
-}
-
-impl Redis {
-    /// Starts one, or returns `None` (after saying so loudly) when
-    /// `redis-server` is not installed and this is not CI.
-    pub fn start() -> Option<Self> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "redis-server is not installed, and CI=true requires these tests to run"
-            );
-            // Straight to stderr: the harness swallows a passing test's `eprintln!`.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: redis-server is not installed; the many-node tests did not run \
-                 (Debian: apt-get install redis-server)"
-            );
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("herald-redis-{port}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Redis {
-            child: None,
-            port,
-            dir,
-        };
-        redis.run();
-        Some(redis)
-    }
-
-    fn run(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        let deadline = Instant::now() + TIMEOUT;
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start listening"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server at once, as a crash would.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port with the same data.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.run();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn node(redis: &Redis, extra: &[(&str, &str)]) -> TestServer {
-    let url = redis.url();
-    let mut pairs = vec![("REDIS_URL", url.as_str())];
-    pairs.extend_from_slice(extra);
-    spawn(&pairs).await
-}
 
 fn event_id(answer: &Value) -> herald::EventId {
     answer["id"].as_str().unwrap().parse().unwrap()
@@ -125,9 +16,9 @@ fn event_id(answer: &Value) -> herald::EventId {
 async fn events_published_on_one_node_reach_matching_streams_on_every_node() {
     let Some(redis) = Redis::start() else { return };
     let (a, b, c) = (
-        node(&redis, &[]).await,
-        node(&redis, &[]).await,
-        node(&redis, &[]).await,
+        redis.node(&[]).await,
+        redis.node(&[]).await,
+        redis.node(&[]).await,
     );
     let (mut alice_b, _) = b
         .subscribe(&user_token("alice", &["news"]), "channel=news")
@@ -160,7 +51,7 @@ async fn events_published_on_one_node_reach_matching_streams_on_every_node() {
 #[actix_web::test]
 async fn recipients_count_the_publishing_nodes_own_streams() {
     let Some(redis) = Redis::start() else { return };
-    let (a, b) = (node(&redis, &[]).await, node(&redis, &[]).await);
+    let (a, b) = (redis.node(&[]).await, redis.node(&[]).await);
     let (_on_a, _) = a.subscribe(&user_token("alice", &[]), "").await;
     let (mut on_b, _) = b.subscribe(&user_token("alice", &[]), "").await;
     let answer = a.send(json!({"user": "alice", "event": "counted"})).await;
@@ -176,9 +67,9 @@ async fn recipients_count_the_publishing_nodes_own_streams() {
 async fn ids_are_ordered_cluster_wide_and_every_node_sees_one_order() {
     let Some(redis) = Redis::start() else { return };
     let (a, b, c) = (
-        node(&redis, &[]).await,
-        node(&redis, &[]).await,
-        node(&redis, &[]).await,
+        redis.node(&[]).await,
+        redis.node(&[]).await,
+        redis.node(&[]).await,
     );
     let (mut on_a, _) = a.subscribe(&user_token("x", &[]), "").await;
     let (mut on_c, _) = c.subscribe(&user_token("y", &[]), "").await;
@@ -207,7 +98,7 @@ async fn ids_are_ordered_cluster_wide_and_every_node_sees_one_order() {
 #[actix_web::test]
 async fn resume_works_on_another_node_and_on_a_node_started_later() {
     let Some(redis) = Redis::start() else { return };
-    let (a, b) = (node(&redis, &[]).await, node(&redis, &[]).await);
+    let (a, b) = (redis.node(&[]).await, redis.node(&[]).await);
     let token = user_token("alice", &["news"]);
     let (mut stream, _) = a.subscribe(&token, "channel=news").await;
     a.send(json!({"user": "alice", "data": 0})).await;
@@ -219,14 +110,8 @@ async fn resume_works_on_another_node_and_on_a_node_started_later() {
     b.send(json!({"user": "bob", "data": "not for alice"}))
         .await;
 
-    for resume_node in [&b, &node(&redis, &[]).await] {
-        let request = resume_node
-            .client()
-            .get(resume_node.url("/api/events?channel=news"))
-            .bearer_auth(&token)
-            .insert_header(("last-event-id", last.as_str()));
-        let mut resumed = Sse::open(request).await;
-        let connected = data(&resumed.next().await);
+    for resume_node in [&b, &redis.node(&[]).await] {
+        let (mut resumed, connected) = resume_node.resume(&token, "channel=news", &last).await;
         assert_eq!(
             (
                 connected["recovered"].as_bool(),
@@ -243,8 +128,8 @@ async fn resume_works_on_another_node_and_on_a_node_started_later() {
 #[actix_web::test]
 async fn a_node_restarted_mid_stream_loses_nothing_for_clients_that_resume() {
     let Some(redis) = Redis::start() else { return };
-    let steady = node(&redis, &[]).await;
-    let restarting = node(&redis, &[("SHUTDOWN_DRAIN_SECS", "0.2")]).await;
+    let steady = redis.node(&[]).await;
+    let restarting = redis.node(&[("SHUTDOWN_DRAIN_SECS", "0.2")]).await;
     let token = user_token("alice", &[]);
     let (mut stream, _) = restarting.subscribe(&token, "").await;
     let mut received = Vec::new();
@@ -263,14 +148,9 @@ async fn a_node_restarted_mid_stream_loses_nothing_for_clients_that_resume() {
     for n in 10..20 {
         steady.send(json!({"user": "alice", "data": n})).await;
     }
-    let replacement = node(&redis, &[]).await;
-    let request = replacement
-        .client()
-        .get(replacement.url("/api/events"))
-        .bearer_auth(&token)
-        .insert_header(("last-event-id", last_id.unwrap().as_str()));
-    let mut resumed = Sse::open(request).await;
-    assert_eq!(data(&resumed.next().await)["recovered"], true);
+    let replacement = redis.node(&[]).await;
+    let (mut resumed, connected) = replacement.resume(&token, "", &last_id.unwrap()).await;
+    assert_eq!(connected["recovered"], true);
     for _ in 10..20 {
         received.push(data(&resumed.next().await));
     }
@@ -284,35 +164,34 @@ async fn when_redis_goes_away_publish_fails_streams_stay_and_delivery_resumes_af
     let Some(mut redis) = Redis::start() else {
         return;
     };
-    let a = node(&redis, &[("HEARTBEAT_INTERVAL", "0.2")]).await;
-    let b = node(&redis, &[("HEARTBEAT_INTERVAL", "0.2")]).await;
+    let a = redis.node(&[("HEARTBEAT_INTERVAL", "0.2")]).await;
+    let b = redis.node(&[("HEARTBEAT_INTERVAL", "0.2")]).await;
     let (mut stream, _) = b.subscribe(&user_token("alice", &[]), "").await;
     a.send(json!({"user": "alice", "data": "before"})).await;
     assert_eq!(data(&stream.next().await), json!("before"));
 
     redis.kill();
-    let (status, answer) = a
+    let refused = a
         .publish(&admin_token(), &json!({"user": "alice", "data": "refused"}))
         .await;
     assert_eq!(
-        (status, answer["error"].as_str()),
+        (refused.status, refused.json()["error"].as_str()),
         (503, Some("unavailable"))
     );
-    let health = a.client().get(a.url("/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 503);
+    assert_eq!(a.get("/healthz").await.status, 503);
     stream.wait_for_heartbeats(3).await;
     assert_eq!(b.stats().await["connections"], 1, "the stream stays open");
 
     redis.restart();
     let deadline = Instant::now() + TIMEOUT;
     let accepted = loop {
-        let (status, answer) = a
+        let answer = a
             .publish(&admin_token(), &json!({"user": "alice", "data": "after"}))
             .await;
-        if status == 202 {
-            break answer;
+        if answer.status == 202 {
+            break answer.into_json();
         }
-        assert_eq!(status, 503);
+        assert_eq!(answer.status, 503, "{answer}");
         assert!(Instant::now() < deadline, "publishing never recovered");
         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     };
@@ -323,8 +202,7 @@ async fn when_redis_goes_away_publish_fails_streams_stay_and_delivery_resumes_af
         "the refused event was never accepted, so never sent"
     );
     assert_eq!(frame.id.as_deref(), accepted["id"].as_str());
-    let health = a.client().get(a.url("/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
+    assert_eq!(a.get("/healthz").await.status, 200);
 }
 
 #[actix_web::test]
@@ -332,20 +210,24 @@ async fn events_accepted_just_before_redis_dies_are_delivered_after_it_returns()
     let Some(mut redis) = Redis::start() else {
         return;
     };
-    let a = node(&redis, &[]).await;
+    let a = redis.node(&[]).await;
     let (mut stream, _) = a.subscribe(&user_token("alice", &[]), "").await;
     let mut accepted = Vec::new();
     for n in 0..50 {
         accepted.push(event_id(&a.send(json!({"user": "alice", "data": n})).await));
     }
     redis.restart();
-    a.send_when_possible(json!({"user": "alice", "data": 50}))
+    let last = a
+        .send_when_possible(json!({"user": "alice", "data": 50}))
         .await;
-    for n in 0..=50 {
+    accepted.push(event_id(&last));
+    for (n, id) in accepted.iter().enumerate() {
+        let frame = stream.next().await;
+        assert_eq!(data(&frame), json!(n), "in order, none lost or repeated");
         assert_eq!(
-            data(&stream.next().await),
-            json!(n),
-            "in order, none lost or repeated"
+            frame.id,
+            Some(id.to_string()),
+            "with the id it was accepted with"
         );
     }
 }
@@ -355,13 +237,13 @@ impl TestServer {
     async fn send_when_possible(&self, body: Value) -> Value {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            let (status, answer) = self.publish(&admin_token(), &body).await;
-            if status == 202 {
-                return answer;
+            let answer = self.publish(&admin_token(), &body).await;
+            if answer.status == 202 {
+                return answer.into_json();
             }
             assert!(
-                status == 503 && Instant::now() < deadline,
-                "publish: {status} {answer}"
+                answer.status == 503 && Instant::now() < deadline,
+                "publish: {answer}"
             );
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
         }

@@ -4,32 +4,15 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-async fn status_of(server: &TestServer, token: &str, query: &str) -> (u16, serde_json::Value) {
-    let mut response = server
-        .client()
-        .get(server.url(&format!("/api/events?{query}")))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let body = if status == 200 {
-        json!(null)
-    } else {
-        response.json().await.unwrap()
-    };
-    (status, body)
-}
-
 #[actix_web::test]
 async fn streams_beyond_the_per_user_limit_get_429() {
     let server = spawn(&[("MAX_CONNECTIONS_PER_USER", "2")]).await;
     let alice = user_token("alice", &[]);
     let (_one, _) = server.subscribe(&alice, "").await;
     let (_two, _) = server.subscribe(&alice, "").await;
-    let (status, body) = status_of(&server, &alice, "").await;
-    assert_eq!(status, 429);
-    assert_eq!(body["error"], "too_many_connections");
+    let refused = server.get_events(&alice, "").await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["error"], "too_many_connections");
     let (_bob, _) = server.subscribe(&user_token("bob", &[]), "").await;
     assert_eq!(server.stats().await["connections_refused"], 1);
 }
@@ -39,9 +22,9 @@ async fn streams_beyond_the_server_limit_get_429_until_one_closes() {
     let server = spawn(&[("MAX_CONNECTIONS", "2")]).await;
     let (one, _) = server.subscribe(&user_token("a", &[]), "").await;
     let (_two, _) = server.subscribe(&user_token("b", &[]), "").await;
-    let (status, body) = status_of(&server, &user_token("c", &[]), "").await;
+    let refused = server.get_events(&user_token("c", &[]), "").await;
     assert_eq!(
-        (status, body["error"].as_str()),
+        (refused.status, refused.json()["error"].as_str()),
         (429, Some("too_many_connections"))
     );
     drop(one);
@@ -53,11 +36,20 @@ async fn streams_beyond_the_server_limit_get_429_until_one_closes() {
 async fn too_many_channels_on_one_stream_is_a_bad_request() {
     let server = spawn(&[("MAX_CHANNELS_PER_CONNECTION", "3")]).await;
     let token = user_token("alice", &["*"]);
-    assert_eq!(status_of(&server, &token, "channels=a,b,c").await.0, 200);
-    let (status, body) = status_of(&server, &token, "channels=a,b&channel=c&channel=d").await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
-    let (status, _) = status_of(&server, &token, "channel=bad%20name").await;
-    assert_eq!(status, 400);
+    let three = server.get_events(&token, "channels=a,b,c").await;
+    assert_eq!(three.status, 200);
+    let four = server
+        .get_events(&token, "channels=a,b&channel=c&channel=d")
+        .await;
+    assert_eq!(
+        (four.status, four.json()["error"].as_str()),
+        (400, Some("bad_request"))
+    );
+    let bad_name = server.get_events(&token, "channel=bad%20name").await;
+    assert_eq!(
+        (bad_name.status, bad_name.json()["error"].as_str()),
+        (400, Some("bad_request"))
+    );
 }
 
 #[actix_web::test]

@@ -2,6 +2,7 @@
 
 mod browser;
 mod cluster;
+mod demo;
 mod helpers;
 mod limits;
 mod process;

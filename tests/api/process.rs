@@ -94,13 +94,16 @@ impl Herald {
     }
 
     async fn stats(&self) -> Value {
-        let mut response = client()
+        let request = client()
             .get(self.url("/api/stats"))
-            .bearer_auth(admin_token())
-            .send()
-            .await
-            .unwrap();
-        response.json().await.unwrap()
+            .bearer_auth(admin_token());
+        Answer::of(request.send()).await.into_json()
+    }
+
+    /// `POST /api/send` with `body` as JSON.
+    async fn publish(&self, token: &str, body: &Value) -> Answer {
+        let request = client().post(self.url("/api/send")).bearer_auth(token);
+        Answer::of(request.send_json(body)).await
     }
 
     async fn wait_for(&self, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
@@ -205,22 +208,11 @@ async fn without_a_secret_the_server_starts_and_logs_a_working_admin_token() {
         .unwrap_or_else(|| panic!("no admin token in the log:\n{log}"))
         .to_owned();
     assert!(log.contains("curl"), "a curl example is logged");
-    let response = client()
-        .post(herald.url("/api/send"))
-        .bearer_auth(&token)
-        .send_json(&json!({"event": "hi"}))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let refused = client()
-        .post(herald.url("/api/send"))
-        .bearer_auth(admin_token())
-        .send_json(&json!({}))
-        .await
-        .unwrap();
+    let accepted = herald.publish(&token, &json!({"event": "hi"})).await;
+    assert_eq!(accepted.status, 202, "{accepted}");
+    let refused = herald.publish(&admin_token(), &json!({})).await;
     assert_eq!(
-        refused.status(),
-        401,
+        refused.status, 401,
         "the random secret is not the test secret"
     );
 }
@@ -233,17 +225,23 @@ async fn access_logs_never_contain_a_token() {
         Sse::open(client().get(herald.url(&format!("/api/events?token={token}&x=1")))).await;
     assert_eq!(stream.next().await.event, "connected");
     drop(stream);
-    let response = client()
-        .get(herald.url(&format!("/nope?token={token}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404);
+    let not_found = Answer::of(
+        client()
+            .get(herald.url(&format!("/nope?token={token}")))
+            .send(),
+    )
+    .await;
+    assert_eq!(not_found.status, 404);
+    // Both requests are logged (the stream's once it has ended), each
+    // with its token redacted.
     let deadline = Instant::now() + TIMEOUT;
-    while !herald.log().contains("/nope?token=[redacted]") {
+    while !["/api/events?token=[redacted]&x=1", "/nope?token=[redacted]"]
+        .iter()
+        .all(|line| herald.log().contains(line))
+    {
         assert!(
             Instant::now() < deadline,
-            "no access log line:\n{}",
+            "no access log lines:\n{}",
             herald.log()
         );
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
@@ -345,18 +343,12 @@ async fn stuck_clients_are_cut_off_counted_and_recover_everything_from_history()
     let resident_before = herald.resident_bytes();
 
     let pad = "x".repeat(PAD);
-    let publisher = client();
     for start in (0..EVENTS).step_by(BATCH) {
         let batch: Vec<Value> = (start..start + BATCH)
             .map(|n| json!({"user": "slow", "data": {"n": n, "pad": pad}}))
             .collect();
-        let response = publisher
-            .post(herald.url("/api/send"))
-            .bearer_auth(admin_token())
-            .send_json(&batch)
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
+        let answer = herald.publish(&admin_token(), &json!(batch)).await;
+        assert_eq!(answer.status, 202);
     }
     let stats = herald
         .wait_for("stuck streams cut off", |stats| {

@@ -1,18 +1,9 @@
 //! Publishing: who may, and what bad input gets.
 
 use actix_web::cookie::Cookie;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::helpers::*;
-
-async fn raw_publish(request: awc::ClientRequest, body: impl Into<bytes::Bytes>) -> (u16, Value) {
-    let mut response = request.send_body(body.into()).await.unwrap();
-    let status = response.status().as_u16();
-    (
-        status,
-        response.json::<Value>().await.unwrap_or(Value::Null),
-    )
-}
 
 #[actix_web::test]
 async fn bad_publish_requests_get_the_contract_status_and_code() {
@@ -163,11 +154,13 @@ async fn bad_publish_requests_get_the_contract_status_and_code() {
         ),
     ];
     for (case, request, body, status, code) in cases {
-        let (got, answer) = raw_publish(request, body).await;
-        assert_eq!(got, status, "{case}: {answer}");
-        assert_eq!(answer["error"], code, "{case}: {answer}");
+        let answer = Answer::of(request.send_body(body)).await;
+        assert_eq!(answer.status, status, "{case}: {answer}");
+        assert_eq!(answer.json()["error"], code, "{case}: {answer}");
         assert!(
-            answer["message"].as_str().is_some_and(|m| !m.is_empty()),
+            answer.json()["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
             "{case}"
         );
     }
@@ -209,21 +202,18 @@ async fn a_cookie_alone_publishes_only_from_a_trusted_origin() {
         (Some(own.as_str()), 202),
         (Some("https://app.example"), 202),
     ] {
-        let (got, answer) = raw_publish(post(origin), "{}").await;
-        assert_eq!(got, status, "origin {origin:?}: {answer}");
+        let answer = Answer::of(post(origin).send_body("{}")).await;
+        assert_eq!(answer.status, status, "origin {origin:?}: {answer}");
     }
     // A Bearer header needs no Origin: it cannot be sent cross-site by a browser on its own.
-    let (got, _) = raw_publish(
-        server
-            .client()
-            .post(server.url("/api/send"))
-            .bearer_auth(admin_token())
-            .insert_header(("origin", "https://evil.example"))
-            .insert_header(("content-type", "application/json")),
-        "{}",
-    )
-    .await;
-    assert_eq!(got, 202);
+    let request = server
+        .client()
+        .post(server.url("/api/send"))
+        .bearer_auth(admin_token())
+        .insert_header(("origin", "https://evil.example"))
+        .insert_header(("content-type", "application/json"));
+    let answer = Answer::of(request.send_body("{}")).await;
+    assert_eq!(answer.status, 202, "{answer}");
 }
 
 #[actix_web::test]
@@ -234,8 +224,8 @@ async fn content_type_with_a_charset_is_accepted() {
         .post(server.url("/api/send"))
         .bearer_auth(admin_token())
         .insert_header(("content-type", "application/json; charset=utf-8"));
-    let (status, answer) = raw_publish(request, r#"{"event":"ok"}"#).await;
-    assert_eq!(status, 202, "{answer}");
-    assert!(answer["id"].is_string());
-    assert_eq!(answer["recipients"], 0);
+    let answer = Answer::of(request.send_body(r#"{"event":"ok"}"#)).await;
+    assert_eq!(answer.status, 202, "{answer}");
+    assert!(answer.json()["id"].is_string());
+    assert_eq!(answer.json()["recipients"], 0);
 }

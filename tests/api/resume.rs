@@ -2,27 +2,11 @@
 
 use std::time::Duration;
 
+use actix_web::rt::time::timeout;
 use serde_json::{json, Value};
+use tokio::sync::watch;
 
 use crate::helpers::*;
-
-async fn resume(
-    server: &TestServer,
-    token: &str,
-    query: &str,
-    last_event_id: &str,
-) -> (Sse, Value) {
-    let request = server
-        .client()
-        .get(server.url(&format!("/api/events?{query}")))
-        .bearer_auth(token)
-        .insert_header(("last-event-id", last_event_id));
-    let mut stream = Sse::open(request).await;
-    assert_eq!(stream.status, 200);
-    let connected = stream.next().await;
-    assert_eq!(connected.event, "connected");
-    (stream, data(&connected))
-}
 
 async fn next_data(stream: &mut Sse) -> Value {
     data(&stream.next().await)
@@ -39,7 +23,7 @@ async fn resume_replays_exactly_the_missed_events_in_order_then_goes_live() {
     for n in 1..=3 {
         server.send(json!({"user": "alice", "data": n})).await;
     }
-    let (mut resumed, connected) = resume(&server, &token, "", seen.id.as_deref().unwrap()).await;
+    let (mut resumed, connected) = server.resume(&token, "", seen.id.as_deref().unwrap()).await;
     assert_eq!(
         (
             connected["replayed"].as_u64(),
@@ -87,13 +71,9 @@ async fn replay_holds_only_what_this_stream_may_receive_now() {
     server.send(batch).await;
     // Alice now subscribes to news and sport, but her token does not allow "secret".
     let token = user_token("alice", &["news", "sport"]);
-    let (mut stream, connected) = resume(
-        &server,
-        &token,
-        "channels=news,sport",
-        start["id"].as_str().unwrap(),
-    )
-    .await;
+    let (mut stream, connected) = server
+        .resume(&token, "channels=news,sport", start["id"].as_str().unwrap())
+        .await;
     assert_eq!(connected["replayed"], 4);
     let mut replayed = Vec::new();
     for _ in 0..4 {
@@ -144,8 +124,11 @@ async fn unknown_or_evicted_ids_resume_with_recovered_false() {
         let connected = data(&stream.next().await);
         assert_eq!(connected["recovered"], recovered, "{case}");
         assert_eq!(connected["replayed"], replayed, "{case}");
-        for _ in 0..replayed {
-            assert!(stream.next().await.id.is_some(), "{case}");
+        // The replay is the newest events (data 0 to 5), oldest first.
+        for n in 6 - replayed..6 {
+            let frame = stream.next().await;
+            assert!(frame.id.is_some(), "{case}");
+            assert_eq!(data(&frame), json!(n), "{case}");
         }
     }
 }
@@ -174,13 +157,22 @@ async fn an_id_from_before_a_restart_is_unknown_but_events_since_are_replayed() 
             > old_id.parse().unwrap(),
         "ids keep increasing across a restart"
     );
-    let (mut stream, connected) = resume(&after, &token, "", &old_id).await;
+    let (mut stream, connected) = after.resume(&token, "", &old_id).await;
     assert_eq!(
         connected["recovered"], false,
         "the old process's history is gone"
     );
     assert_eq!(connected["replayed"], 1);
     assert_eq!(next_data(&mut stream).await, json!("after restart"));
+}
+
+/// How far the publisher in the test below has got.
+#[derive(Clone, Copy, Default)]
+struct Progress {
+    /// Publish requests sent.
+    requested: u64,
+    /// Publish requests answered 202: those events are in history.
+    accepted: u64,
 }
 
 #[actix_web::test]
@@ -199,28 +191,30 @@ async fn a_client_dropping_and_resuming_at_random_moments_gets_every_event_once_
     let token = user_token("alice", &[]);
     // The first stream is open before anything is published.
     let (mut stream, _) = server.subscribe(&token, "").await;
+    let (progress, mut watch_progress) = watch::channel(Progress::default());
     let url = server.url("/api/send");
     let publisher = actix_web::rt::spawn(async move {
         let client = client();
+        let mut ids = Vec::new();
         for n in 0..TOTAL {
-            let response = client
-                .post(&url)
-                .bearer_auth(admin_token())
-                .send_json(&json!({"user": "alice", "data": n}))
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 202);
+            progress.send_modify(|p| p.requested += 1);
+            let request = client.post(&url).bearer_auth(admin_token());
+            let answer = Answer::of(request.send_json(&json!({"user": "alice", "data": n}))).await;
+            assert_eq!(answer.status, 202, "{answer}");
+            ids.push(answer.json()["id"].as_str().unwrap().to_owned());
+            progress.send_modify(|p| p.accepted += 1);
         }
+        ids
     });
-    let mut received: Vec<u64> = Vec::new();
-    let mut reconnects = 0;
+    // Every event received, over all the streams, and its id.
+    let mut received: Vec<(u64, String)> = Vec::new();
+    let (mut resumes, mut replayed_in_all) = (0, 0);
     loop {
         let take = next_random() % 25 + 1;
-        let mut last_id = None;
         for _ in 0..take {
             let frame = stream.next().await;
-            received.push(data(&frame).as_u64().unwrap());
-            last_id = frame.id;
+            let id = frame.id.clone().expect("an event has an id");
+            received.push((data(&frame).as_u64().unwrap(), id));
             if received.len() as u64 == TOTAL {
                 break;
             }
@@ -229,32 +223,42 @@ async fn a_client_dropping_and_resuming_at_random_moments_gets_every_event_once_
             break;
         }
         drop(stream);
-        let request = server
-            .client()
-            .get(server.url("/api/events"))
-            .bearer_auth(&token)
-            .insert_header(("last-event-id", last_id.unwrap()));
-        stream = Sse::open(request).await;
-        assert_eq!(stream.status, 200);
-        let connected = stream.next().await;
-        assert_eq!(connected.event, "connected");
-        assert_eq!(
-            data(&connected)["recovered"],
-            true,
-            "history covers the gap"
+        // Resume only once an event this client has not received has been
+        // accepted, so that every resume has something to replay.
+        let seen = received.len() as u64;
+        let accepted = timeout(TIMEOUT, watch_progress.wait_for(|p| p.accepted > seen))
+            .await
+            .expect("the publisher went on")
+            .expect("the publisher did not fail")
+            .accepted;
+        let (_, last_id) = received.last().unwrap();
+        let (resumed, connected) = server.resume(&token, "", last_id).await;
+        stream = resumed;
+        let requested = watch_progress.borrow().requested;
+        assert_eq!(connected["recovered"], true, "history covers the gap");
+        // The replay is what the server held after the last event received
+        // when it registered the stream: at least every event accepted before
+        // the request, at most every event requested before `connected`
+        // arrived. That the stream then delivers exactly these, and then the
+        // live ones, is checked with everything received below.
+        let replayed = connected["replayed"].as_u64().unwrap();
+        assert!(
+            (accepted - seen..=requested - seen).contains(&replayed),
+            "resuming after {seen} events, {replayed} were replayed, though {accepted} \
+             had been accepted before and {requested} requested"
         );
-        reconnects += 1;
+        resumes += 1;
+        replayed_in_all += replayed;
     }
-    publisher.await.unwrap();
+    let published = publisher.await.unwrap();
+    println!("{resumes} resumes replayed {replayed_in_all} events");
+    let (numbers, ids): (Vec<u64>, Vec<String>) = received.into_iter().unzip();
     assert_eq!(
-        received,
+        numbers,
         (0..TOTAL).collect::<Vec<_>>(),
         "every event exactly once, in order"
     );
-    assert!(
-        reconnects > 10,
-        "the client really dropped and resumed ({reconnects} streams)"
-    );
+    assert_eq!(ids, published, "each with the id it was published with");
 }
 
 fn urlencode(text: &str) -> String {

@@ -200,15 +200,9 @@ async fn data_with_line_breaks_arrives_as_one_event() {
 #[actix_web::test]
 async fn unknown_paths_get_a_json_404() {
     let server = spawn(&[]).await;
-    let mut response = server
-        .client()
-        .get(server.url("/nope"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["error"], "not_found");
+    let answer = server.get("/nope").await;
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.json()["error"], "not_found");
 }
 
 #[actix_web::test]
@@ -231,14 +225,9 @@ async fn stats_metrics_and_health_report_what_is_open() {
     assert_eq!(stats["slow_client_disconnects"], 0);
     assert!(stats["uptime_secs"].is_u64());
 
-    let mut metrics = server
-        .client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(metrics.status(), 200);
-    let text = String::from_utf8(metrics.body().await.unwrap().to_vec()).unwrap();
+    let metrics = server.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text();
     for line in [
         "herald_connections 2",
         "herald_users 2",
@@ -248,41 +237,19 @@ async fn stats_metrics_and_health_report_what_is_open() {
         assert!(text.contains(line), "{line:?} missing from:\n{text}");
     }
 
-    let mut health = server
-        .client()
-        .get(server.url("/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
-    assert_eq!(
-        health.json::<serde_json::Value>().await.unwrap(),
-        json!({"status": "ok"})
-    );
+    let health = server.get("/healthz").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json(), &json!({"status": "ok"}));
 }
 
 #[actix_web::test]
 async fn stats_need_an_admin_token() {
     let server = spawn(&[]).await;
-    let anonymous = server
-        .client()
-        .get(server.url("/api/stats"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(anonymous.status(), 401);
-    let mut user = server
-        .client()
-        .get(server.url("/api/stats"))
-        .bearer_auth(user_token("alice", &[]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(user.status(), 403);
-    assert_eq!(
-        user.json::<serde_json::Value>().await.unwrap()["error"],
-        "forbidden"
-    );
+    let anonymous = server.get_stats(None).await;
+    assert_eq!(anonymous.status, 401);
+    let user = server.get_stats(Some(&user_token("alice", &[]))).await;
+    assert_eq!(user.status, 403);
+    assert_eq!(user.json()["error"], "forbidden");
 }
 
 #[actix_web::test]
@@ -297,10 +264,13 @@ async fn a_wrong_method_on_a_known_path_gets_a_json_405() {
         let request = server
             .client()
             .request(method.parse().unwrap(), server.url(path));
-        let mut response = request.send().await.unwrap();
-        assert_eq!(response.status(), 405, "{method} {path}");
-        let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["error"], "method_not_allowed", "{method} {path}");
+        let answer = Answer::of(request.send()).await;
+        assert_eq!(answer.status, 405, "{method} {path}");
+        assert_eq!(
+            answer.json()["error"],
+            "method_not_allowed",
+            "{method} {path}"
+        );
     }
 }
 
@@ -317,15 +287,10 @@ async fn events_from_many_concurrent_publishers_all_arrive_once_in_id_order() {
             let client = client();
             let mut ids = Vec::new();
             for n in 0..EACH {
-                let mut response = client
-                    .post(&url)
-                    .bearer_auth(admin_token())
-                    .send_json(&json!({"data": [publisher, n]}))
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 202);
-                let answer: serde_json::Value = response.json().await.unwrap();
-                ids.push(answer["id"].as_str().unwrap().to_owned());
+                let request = client.post(&url).bearer_auth(admin_token());
+                let answer = Answer::of(request.send_json(&json!({"data": [publisher, n]}))).await;
+                assert_eq!(answer.status, 202);
+                ids.push(answer.json()["id"].as_str().unwrap().to_owned());
             }
             ids
         }));
@@ -359,18 +324,17 @@ async fn only_allowed_origins_get_cors_headers_with_credentials() {
             .insert_header(("access-control-request-method", "GET"))
             .insert_header(("access-control-request-headers", "last-event-id"))
     };
-    let allowed = preflight("https://app.example").send().await.unwrap();
-    let headers = allowed.headers();
+    let allowed = Answer::of(preflight("https://app.example").send()).await;
     assert_eq!(
-        headers.get("access-control-allow-origin").unwrap(),
-        "https://app.example"
+        allowed.header("access-control-allow-origin"),
+        Some("https://app.example")
     );
     assert_eq!(
-        headers.get("access-control-allow-credentials").unwrap(),
-        "true"
+        allowed.header("access-control-allow-credentials"),
+        Some("true")
     );
-    let other = preflight("https://evil.example").send().await.unwrap();
-    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let other = Answer::of(preflight("https://evil.example").send()).await;
+    assert!(other.header("access-control-allow-origin").is_none());
 
     let request = server
         .client()

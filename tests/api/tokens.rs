@@ -2,28 +2,9 @@
 
 use actix_web::cookie::Cookie;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::helpers::*;
-
-async fn open_status(
-    server: &TestServer,
-    request: awc::ClientRequest,
-) -> (u16, Value, Option<String>) {
-    let mut response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let challenge = response
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body = if status == 200 {
-        Value::Null
-    } else {
-        response.json::<Value>().await.unwrap_or(Value::Null)
-    };
-    let _ = server;
-    (status, body, challenge)
-}
 
 #[actix_web::test]
 async fn a_token_is_read_from_the_header_the_cookie_or_the_query() {
@@ -57,13 +38,13 @@ async fn the_first_token_found_wins_header_then_cookie_then_query() {
         .get(server.url(&format!("/api/events?token={good}")))
         .bearer_auth("not-a-token")
         .cookie(Cookie::new("herald_token", good.clone()));
-    assert_eq!(open_status(&server, request).await.0, 401);
+    assert_eq!(Answer::of(request.send()).await.status, 401);
     // A good cookie wins over a bad query token.
     let request = server
         .client()
         .get(server.url("/api/events?token=garbage"))
         .cookie(Cookie::new("herald_token", good.clone()));
-    assert_eq!(open_status(&server, request).await.0, 200);
+    assert_eq!(Answer::of(request.send()).await.status, 200);
 }
 
 #[actix_web::test]
@@ -146,12 +127,14 @@ async fn bad_tokens_get_401_with_the_contract_codes() {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        let (status, body, challenge) = open_status(&server, request).await;
-        assert_eq!(status, 401, "{case}");
-        assert_eq!(body["error"], code, "{case}: {body}");
-        assert!(body["message"].is_string(), "{case}");
+        let answer = Answer::of(request.send()).await;
+        assert_eq!(answer.status, 401, "{case}");
+        assert_eq!(answer.json()["error"], code, "{case}: {answer}");
+        assert!(answer.json()["message"].is_string(), "{case}");
         assert!(
-            challenge.is_some_and(|c| c.starts_with("Bearer")),
+            answer
+                .header("www-authenticate")
+                .is_some_and(|c| c.starts_with("Bearer")),
             "{case}: WWW-Authenticate: Bearer"
         );
     }
@@ -160,11 +143,8 @@ async fn bad_tokens_get_401_with_the_contract_codes() {
 #[actix_web::test]
 async fn leeway_accepts_a_token_that_just_expired() {
     let server = spawn(&[("JWT_LEEWAY_SECS", "30")]).await;
-    let request = server
-        .client()
-        .get(server.url("/api/events"))
-        .bearer_auth(token(json!({"sub": "a", "exp": now() - 10})));
-    assert_eq!(open_status(&server, request).await.0, 200);
+    let just_expired = token(json!({"sub": "a", "exp": now() - 10}));
+    assert_eq!(server.get_events(&just_expired, "").await.status, 200);
 }
 
 #[actix_web::test]
@@ -199,11 +179,8 @@ async fn audience_and_issuer_are_required_when_configured() {
         ),
     ];
     for (claims, expected) in cases {
-        let request = server
-            .client()
-            .get(server.url("/api/events"))
-            .bearer_auth(token(claims.clone()));
-        assert_eq!(open_status(&server, request).await.0, expected, "{claims}");
+        let answer = server.get_events(&token(claims.clone()), "").await;
+        assert_eq!(answer.status, expected, "{claims}");
     }
 }
 
@@ -222,11 +199,7 @@ async fn es256_tokens_verify_with_the_public_key_and_hs_tokens_made_from_it_do_n
         &EncodingKey::from_ec_pem(&private).unwrap(),
     )
     .unwrap();
-    let request = server
-        .client()
-        .get(server.url("/api/events"))
-        .bearer_auth(es);
-    assert_eq!(open_status(&server, request).await.0, 200);
+    assert_eq!(server.get_events(&es, "").await.status, 200);
 
     // The classic confusion attack: HMAC-sign with the public key as the secret.
     let public_pem = std::fs::read(&public).unwrap();
@@ -236,13 +209,9 @@ async fn es256_tokens_verify_with_the_public_key_and_hs_tokens_made_from_it_do_n
         &EncodingKey::from_secret(&public_pem),
     )
     .unwrap();
-    let request = server
-        .client()
-        .get(server.url("/api/events"))
-        .bearer_auth(swapped);
-    let (status, body, _) = open_status(&server, request).await;
+    let answer = server.get_events(&swapped, "").await;
     assert_eq!(
-        (status, body["error"].as_str()),
+        (answer.status, answer.json()["error"].as_str()),
         (401, Some("invalid_token"))
     );
 }
@@ -258,23 +227,15 @@ async fn a_channel_outside_the_token_claim_is_forbidden_and_opens_no_stream() {
         ("channels=news,secret", 403),
         ("channel=team-42", 403),
     ] {
-        let request = server
-            .client()
-            .get(server.url(&format!("/api/events?{query}")))
-            .bearer_auth(&token);
-        let (status, body, _) = open_status(&server, request).await;
-        assert_eq!(status, expected, "{query}: {body}");
+        let answer = server.get_events(&token, query).await;
+        assert_eq!(answer.status, expected, "{query}: {answer}");
         if expected == 403 {
-            assert_eq!(body["error"], "forbidden");
+            assert_eq!(answer.json()["error"], "forbidden");
         }
     }
     let no_claim = token_without_channels("bob");
-    let request = server
-        .client()
-        .get(server.url("/api/events?channel=news"))
-        .bearer_auth(no_claim);
     assert_eq!(
-        open_status(&server, request).await.0,
+        server.get_events(&no_claim, "channel=news").await.status,
         403,
         "no claim: no named channels"
     );
