@@ -148,6 +148,24 @@ async fn leeway_accepts_a_token_that_just_expired() {
 }
 
 #[actix_web::test]
+async fn a_stream_admitted_by_the_leeway_lasts_until_exp_plus_the_leeway() {
+    let server = spawn(&[("JWT_LEEWAY_SECS", "3")]).await;
+    let exp = now() - 1;
+    let (mut stream, _) = server
+        .subscribe(&token(json!({"sub": "a", "exp": exp})), "")
+        .await;
+    let frames = stream.until_end().await;
+    let names: Vec<&str> = frames.iter().map(|f| f.event.as_str()).collect();
+    assert_eq!(names, ["token-expired"]);
+    assert!(
+        now() >= exp + 3,
+        "the stream ended at {}, before exp + leeway ({})",
+        now(),
+        exp + 3
+    );
+}
+
+#[actix_web::test]
 async fn audience_and_issuer_are_required_when_configured() {
     let server = spawn(&[
         ("JWT_AUDIENCE", "herald"),
