@@ -1641,6 +1641,9 @@ mod orchestrator {
     struct ServerProcess {
         child: Child,
         port: u16,
+        /// A fresh store directory for this run (the default disk store),
+        /// removed when the server is; a run never loads an earlier one's events.
+        data_dir: PathBuf,
     }
 
     impl ServerProcess {
@@ -1650,11 +1653,19 @@ mod orchestrator {
             secret: &str,
             env: &[(String, String)],
         ) -> Result<Self, String> {
+            let data_dir = std::env::temp_dir().join(format!(
+                "herald-loadgen-data-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ));
             let mut command = Command::new("taskset");
             command
                 .arg("-c")
                 .arg(core.to_string())
                 .arg(binary)
+                .env("DATA_DIR", &data_dir)
                 .env("JWT_SECRET", secret)
                 .env("HOST", "127.0.0.1")
                 .env("PORT", "0")
@@ -1689,7 +1700,11 @@ mod orchestrator {
                 }
             });
             let until = std::time::Instant::now() + SERVER_START_TIMEOUT;
-            let mut server = Self { child, port: 0 };
+            let mut server = Self {
+                child,
+                port: 0,
+                data_dir,
+            };
             while std::time::Instant::now() < until {
                 if let Ok(port) = port_out.recv_timeout(Duration::from_millis(100)) {
                     server.port = port;
@@ -1740,6 +1755,8 @@ mod orchestrator {
     impl Drop for ServerProcess {
         fn drop(&mut self) {
             self.stop();
+            // Best effort: a leftover temporary directory harms nothing.
+            let _ = std::fs::remove_dir_all(&self.data_dir);
         }
     }
 

@@ -19,8 +19,10 @@ pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 64;
 pub const DEFAULT_CLIENT_BUFFER: usize = 2048;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_BATCH: usize = 1000;
-pub const DEFAULT_HISTORY_SIZE: usize = 10_000;
-pub const DEFAULT_HISTORY_MAX_BYTES: usize = 64 * 1024 * 1024;
+pub const DEFAULT_HISTORY_PER_AUDIENCE: usize = 1000;
+pub const DEFAULT_HISTORY_TTL_SECS: u64 = 86_400;
+pub const DEFAULT_HISTORY_MAX_BYTES: usize = 256 * 1024 * 1024;
+pub const DEFAULT_DATA_DIR: &str = "./herald-data";
 pub const DEFAULT_REDIS_STREAM_KEY: &str = "herald:events";
 pub const DEFAULT_SHUTDOWN_DRAIN_SECS: f64 = 2.0;
 /// Descriptors kept free below the open-file limit for listeners, logs, Redis
@@ -69,8 +71,14 @@ pub struct Config {
     pub client_buffer: usize,
     pub max_body_bytes: usize,
     pub max_batch: usize,
-    pub history_size: usize,
+    /// Events kept per user, per channel and for everyone; 0 keeps none.
+    pub history_per_audience: usize,
+    /// Oldest event kept.
+    pub history_ttl: Duration,
+    /// Bytes of retained events in all (memory, and about the store's size).
     pub history_max_bytes: usize,
+    /// Where retained events live on a single node.
+    pub storage: Storage,
     pub cors_allowed_origins: Vec<String>,
     pub redis_url: Option<String>,
     /// The Redis stream all nodes of one cluster share.
@@ -78,6 +86,16 @@ pub struct Config {
     pub demo_login: bool,
     /// Streams are ended spread over this window at shutdown.
     pub shutdown_drain: Duration,
+}
+
+/// Where a single node keeps its retained events (`STORAGE`). With
+/// `REDIS_URL`, Redis holds them instead and this is not used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// An embedded store in this directory (`DATA_DIR`): survives restarts.
+    Disk(PathBuf),
+    /// Memory only: a restart forgets everything.
+    Memory,
 }
 
 /// A setting that could not be used, with the variable it came from.
@@ -152,6 +170,25 @@ impl Config {
                 )));
             }
         }
+        if get("HISTORY_SIZE").is_some() {
+            return Err(ConfigError(
+                "HISTORY_SIZE is no longer read: history is kept per audience. Use \
+                 HISTORY_PER_AUDIENCE (events per user, per channel and for everyone), \
+                 HISTORY_TTL_SECS and HISTORY_MAX_BYTES"
+                    .into(),
+            ));
+        }
+        let storage = match get("STORAGE").as_deref().map(str::trim) {
+            None | Some("disk") => Storage::Disk(PathBuf::from(
+                get("DATA_DIR").unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            )),
+            Some("memory") => Storage::Memory,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "STORAGE must be disk or memory, got {other:?}"
+                )))
+            }
+        };
         let public_key_file = get("JWT_PUBLIC_KEY_FILE").map(PathBuf::from);
         if algorithm != JwtAlgorithm::Hs256 && public_key_file.is_none() {
             return Err(ConfigError(
@@ -217,8 +254,14 @@ impl Config {
             client_buffer: positive("CLIENT_BUFFER", DEFAULT_CLIENT_BUFFER)?,
             max_body_bytes: positive("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?,
             max_batch: positive("MAX_BATCH", DEFAULT_MAX_BATCH)?,
-            history_size: parsed("HISTORY_SIZE")?.map_or(DEFAULT_HISTORY_SIZE, |v| v as usize),
+            history_per_audience: parsed("HISTORY_PER_AUDIENCE")?
+                .map_or(DEFAULT_HISTORY_PER_AUDIENCE, |v| v as usize),
+            history_ttl: Duration::from_secs(positive(
+                "HISTORY_TTL_SECS",
+                DEFAULT_HISTORY_TTL_SECS as usize,
+            )? as u64),
             history_max_bytes: positive("HISTORY_MAX_BYTES", DEFAULT_HISTORY_MAX_BYTES)?,
+            storage,
             cors_allowed_origins: get("CORS_ALLOWED_ORIGINS")
                 .map(|raw| {
                     raw.split(',')
@@ -233,6 +276,14 @@ impl Config {
             demo_login,
             shutdown_drain: seconds("SHUTDOWN_DRAIN_SECS", DEFAULT_SHUTDOWN_DRAIN_SECS)?,
         })
+    }
+
+    /// The directory of the embedded store, when this node keeps one.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        match (&self.redis_url, &self.storage) {
+            (None, Storage::Disk(dir)) => Some(dir),
+            _ => None,
+        }
     }
 
     /// True when no key was configured: a random secret is generated at start.
@@ -286,7 +337,9 @@ mod tests {
         assert_eq!(config.max_channels_per_connection, 64);
         assert_eq!(config.max_body_bytes, 65536);
         assert_eq!(config.max_batch, 1000);
-        assert_eq!(config.history_size, 10_000);
+        assert_eq!(config.history_per_audience, 1000);
+        assert_eq!(config.history_ttl, Duration::from_secs(86_400));
+        assert_eq!(config.storage, Storage::Disk("./herald-data".into()));
         assert!(config.is_development() && config.demo_login);
     }
 

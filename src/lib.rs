@@ -15,6 +15,8 @@
 //!   Redis), with its own error type.
 //! - [`routes`]: the HTTP endpoints.
 //! - [`metrics`]: counters, `/api/stats` and `/metrics`.
+//! - [`store`]: the durable store of a single node (SQLite under `DATA_DIR`)
+//!   and its writer thread, which commits concurrent publishes together.
 //! - [`startup`]: `Application`: bind, start, serve, stop.
 //!
 //! # The path of an event
@@ -45,6 +47,7 @@ mod metrics;
 mod routes;
 pub mod sse;
 mod startup;
+mod store;
 
 // What the binary, the tests and the examples use; everything else is private.
 pub use auth::{TokenSource, Verifier};

@@ -54,6 +54,12 @@ fn serve() -> Result<(), String> {
     unsafe {
         libc::mallopt(libc::M_TOP_PAD, HEAP_GROWTH_STEP);
     }
+    // SAFETY: ignoring a signal only changes this process's disposition.
+    // A file-size limit must make a store write fail (answered 503), not kill
+    // the server with every stream on it.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let open_files = raise_open_file_limit();
     let config = Config::from_env().map_err(|e| e.to_string())?;
     log::info!(

@@ -24,8 +24,10 @@ pub struct Snapshot {
     pub users: usize,
     /// Open streams subscribed to each channel.
     pub channels: BTreeMap<String, usize>,
-    /// Events retained for resume.
+    /// Events retained for resume and `/api/history`.
     pub history_len: usize,
+    /// Bytes charged for them (bounded by `HISTORY_MAX_BYTES`).
+    pub history_bytes: usize,
 }
 
 /// Monotonic counters, updated without locks from any thread.
@@ -74,6 +76,7 @@ impl Metrics {
             "connections_opened": Self::read(&self.connections_opened),
             "connections_refused": Self::read(&self.connections_refused),
             "history_len": snapshot.history_len,
+            "history_bytes": snapshot.history_bytes,
             "uptime_secs": self.started.elapsed().as_secs(),
         })
     }
@@ -105,6 +108,11 @@ impl Metrics {
             "history_events",
             "Events retained for resume",
             gauge(snapshot.history_len),
+        );
+        registry.register(
+            "history_bytes",
+            "Bytes of retained events (bounded by HISTORY_MAX_BYTES)",
+            gauge(snapshot.history_bytes),
         );
         registry.register(
             "uptime_seconds",

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr};
+use actix::Addr;
 use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{Condition, Logger};
@@ -11,10 +11,13 @@ use actix_web::{http, web, App, HttpServer};
 
 use crate::auth::{Auth, Verifier};
 use crate::backend::{self, EventBus};
-use crate::broadcaster::{Broadcaster, ConnectionSocket, Drain, Limits};
-use crate::config::{open_file_limit, Config};
+use crate::broadcaster::{Broadcaster, ConnectionSocket, Drain, Limits, RetentionLimits};
+use crate::clock;
+use crate::config::{open_file_limit, Config, Storage};
+use crate::domain::EventId;
 use crate::metrics::Metrics;
 use crate::routes::{self, AppState};
+use crate::store::Store;
 
 /// Extra seconds past the drain window before remaining connections are cut.
 const SHUTDOWN_GRACE_SECS: u64 = 3;
@@ -88,27 +91,41 @@ impl Application {
             allowed_origins: config.cors_allowed_origins.clone(),
         });
         let metrics = Arc::new(Metrics::default());
-        let broadcaster = Broadcaster::new(
+        let store = match (&config.redis_url, &config.storage) {
+            (None, Storage::Disk(dir)) => {
+                let floor = EventId::new(clock::unix_now_ms(), 0);
+                let (store, loaded) = Store::open(dir, floor).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+                })?;
+                log::info!(
+                    "history: {} events loaded from {}",
+                    loaded.events.len(),
+                    dir.display()
+                );
+                Some((store, loaded))
+            }
+            _ => None,
+        };
+        let broadcaster = Broadcaster::launch(
             Limits {
                 max_connections: config.max_connections,
                 max_connections_per_user: config.max_connections_per_user,
                 heartbeat_interval: config.heartbeat_interval,
-                history_size: config.history_size,
-                history_max_bytes: config.history_max_bytes,
+                retention: RetentionLimits {
+                    per_audience: config.history_per_audience,
+                    ttl_ms: config.history_ttl.as_millis() as u64,
+                    max_bytes: config.history_max_bytes,
+                },
             },
             metrics.clone(),
-        )
-        .start();
+            store,
+        )?;
         let (bus, reader) = match &config.redis_url {
             None => (EventBus::Memory(broadcaster.clone()), None),
             Some(url) => {
-                let (bus, mut reader) = backend::redis::connect(
-                    url,
-                    &config.redis_stream_key,
-                    config.history_size,
-                    broadcaster.clone(),
-                )
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                let (bus, mut reader) =
+                    backend::redis::connect(url, &config.redis_stream_key, broadcaster.clone())
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
                 if let Err(e) = reader.preload().await {
                     log::warn!("redis: unreachable at start ({e}); serving streams and catching up when it returns");
                 }

@@ -84,6 +84,30 @@
     $('expired').hidden = false;
   }
 
+  /**
+   * Shows the newest retained events (`GET /api/history`), then opens the
+   * stream from the newest of them, so nothing is missed or shown twice.
+   */
+  async function loadRecent() {
+    try {
+      const response = await fetch('/api/history?limit=20', { credentials: 'same-origin' });
+      if (!response.ok) return;
+      const page = await response.json();
+      // Oldest first: each is put on top, as live events are.
+      for (const item of [...page.events].reverse()) {
+        onEvent({
+          type: item.event,
+          lastEventId: item.id,
+          data: JSON.stringify(item.data),
+          time: new Date(item.published_at),
+          fromHistory: true,
+        });
+      }
+    } catch {
+      // Without the list the page still works: the stream opens all the same.
+    }
+  }
+
   function onEvent(event) {
     if (event.lastEventId) {
       if (seenIds.has(event.lastEventId)) return;
@@ -98,12 +122,13 @@
     item.className = 'event';
     item.dataset.name = event.type;
     item.dataset.id = event.lastEventId;
+    if (event.fromHistory) item.classList.add('event-earlier');
     const head = document.createElement('div');
     head.className = 'event-head';
     head.append(
       element('span', 'event-name', event.type),
       element('code', 'event-id', event.lastEventId || '(no id)'),
-      element('time', 'event-time', clock(new Date())),
+      element('time', 'event-time', clock(event.time || new Date())),
     );
     item.append(head, element('pre', 'event-data', pretty(event.data)));
     const list = $('events');
@@ -244,5 +269,5 @@
   }
 
   DEFAULT_EVENT_NAMES.forEach(watch);
-  connect();
+  loadRecent().then(connect);
 })();

@@ -12,6 +12,7 @@ use actix::Addr;
 
 use crate::broadcaster::{Broadcaster, Publish};
 use crate::domain::{Outgoing, Published};
+use crate::store::StoreError;
 
 /// Why the event flow could not take events.
 #[derive(Debug, PartialEq, Eq)]
@@ -21,6 +22,8 @@ pub(crate) enum BusError {
     Unreachable(String),
     /// The server is stopping: the Broadcaster no longer takes messages.
     Stopped,
+    /// The events could not be written to disk (full, or failing).
+    NotWritten(String),
     /// An event could not be written in the flow's format (a fault of ours).
     Encoding(String),
 }
@@ -30,6 +33,7 @@ impl fmt::Display for BusError {
         match self {
             Self::Unreachable(why) => write!(f, "the event store is unreachable: {why}"),
             Self::Stopped => f.write_str("the server is shutting down"),
+            Self::NotWritten(why) => write!(f, "the event store could not write: {why}"),
             Self::Encoding(why) => write!(f, "an event could not be encoded: {why}"),
         }
     }
@@ -48,10 +52,11 @@ impl EventBus {
     /// Publishes events in order; answers once each has an id and is queued locally.
     pub async fn publish(&self, events: Vec<Outgoing>) -> Result<Vec<Published>, BusError> {
         match self {
-            Self::Memory(broadcaster) => broadcaster
-                .send(Publish { events })
-                .await
-                .map_err(|_| BusError::Stopped),
+            Self::Memory(broadcaster) => match broadcaster.send(Publish { events }).await {
+                Ok(Ok(published)) => Ok(published),
+                Ok(Err(StoreError::Stopped)) | Err(_) => Err(BusError::Stopped),
+                Ok(Err(error)) => Err(BusError::NotWritten(error.to_string())),
+            },
             Self::Redis(bus) => bus.publish(events).await,
         }
     }

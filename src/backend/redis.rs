@@ -1,7 +1,7 @@
 //! The shared event flow for many nodes: one Redis stream.
 //!
 //! Publishing is `XADD` (Redis assigns the id, so ids are ordered
-//! cluster-wide), capped near `HISTORY_SIZE` with `MAXLEN ~`. Every node runs
+//! cluster-wide), capped near `FLOW_MAX_LEN` with `MAXLEN ~`. Every node runs
 //! one [`Reader`] that follows the stream with `XREAD BLOCK` from the last id
 //! it delivered and hands each entry to its local Broadcaster, which encodes,
 //! fans out and keeps it in history. Before a node accepts streams it preloads
@@ -23,6 +23,9 @@ use super::BusError;
 use crate::broadcaster::{Broadcaster, CountRecipients, Deliver, Preload};
 use crate::domain::{Audience, Channel, EventId, EventName, Outgoing, Published, Stamped, UserId};
 
+/// Entries the shared flow keeps (`XADD MAXLEN ~`), and the most a node
+/// loads into its history at start.
+const FLOW_MAX_LEN: usize = 10_000;
 /// How long one `XREAD` waits for new entries before asking again.
 const BLOCK: Duration = Duration::from_secs(5);
 /// A reply later than `BLOCK` plus this means the connection is dead, even if
@@ -43,8 +46,6 @@ pub(crate) struct RedisBus {
     connection: ConnectionManager,
     /// The stream's key.
     key: String,
-    /// `MAXLEN ~` for `XADD`.
-    max_len: usize,
     broadcaster: Addr<Broadcaster>,
 }
 
@@ -54,8 +55,6 @@ pub(crate) struct Reader {
     key: String,
     /// The id of the last entry handed to the Broadcaster.
     last_id: String,
-    /// Entries of history to load at start.
-    history_size: usize,
     /// Whether history has been loaded; until then resumes find nothing.
     preloaded: bool,
     broadcaster: Addr<Broadcaster>,
@@ -81,7 +80,6 @@ fn encode_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<String, BusE
 pub(crate) fn connect(
     url: &str,
     key: &str,
-    history_size: usize,
     broadcaster: Addr<Broadcaster>,
 ) -> Result<(RedisBus, Reader), String> {
     let client = Client::open(url).map_err(|e| format!("REDIS_URL {url:?}: {e}"))?;
@@ -96,14 +94,12 @@ pub(crate) fn connect(
         client,
         key: key.to_owned(),
         last_id: "0-0".into(),
-        history_size: history_size.max(1),
         preloaded: false,
         broadcaster: broadcaster.clone(),
     };
     let bus = RedisBus {
         connection,
         key: key.to_owned(),
-        max_len: history_size.max(1),
         broadcaster,
     };
     Ok((bus, reader))
@@ -118,7 +114,7 @@ impl RedisBus {
                 .arg(&self.key)
                 .arg("MAXLEN")
                 .arg("~")
-                .arg(self.max_len)
+                .arg(FLOW_MAX_LEN)
                 .arg("*")
                 .arg("event")
                 .arg(event.name.as_str())
@@ -216,6 +212,8 @@ fn decode(entry: &StreamId) -> Option<Stamped> {
             data,
             audience,
         },
+        // A Redis entry id starts with the millisecond it was added.
+        published_at: id.epoch,
     })
 }
 
@@ -256,7 +254,7 @@ impl From<BroadcasterStopped> for Interruption {
 }
 
 impl Reader {
-    /// Loads the newest `HISTORY_SIZE` entries into the Broadcaster's history
+    /// Loads the newest `FLOW_MAX_LEN` entries into the Broadcaster's history
     /// and continues after the newest. Startup awaits this before accepting
     /// streams, so a resume on a fresh node finds what other nodes published.
     /// Failing is not fatal: [`Reader::run`] tries again.
@@ -281,7 +279,7 @@ impl Reader {
             .arg("+")
             .arg("-")
             .arg("COUNT")
-            .arg(self.history_size)
+            .arg(FLOW_MAX_LEN)
             .query_async(connection)
             .await?;
         let events = decode_all(reply.ids.iter().rev());
@@ -403,7 +401,7 @@ mod tests {
     use actix::{Actor, Arbiter};
 
     use super::*;
-    use crate::broadcaster::Limits;
+    use crate::broadcaster::{Limits, RetentionLimits};
     use crate::metrics::Metrics;
 
     /// A bare `redis-server` on a free port, killed on drop (the integration
@@ -473,14 +471,17 @@ mod tests {
             max_connections: 10,
             max_connections_per_user: 10,
             heartbeat_interval: Duration::from_secs(15),
-            history_size: 10,
-            history_max_bytes: 1 << 20,
+            retention: RetentionLimits {
+                per_audience: 10,
+                ttl_ms: 60_000,
+                max_bytes: 1 << 20,
+            },
         };
         let broadcaster = Broadcaster::start_in_arbiter(&arbiter.handle(), |_| {
-            Broadcaster::new(limits, Arc::new(Metrics::default()))
+            Broadcaster::in_memory(limits, Arc::new(Metrics::default()))
         });
         let url = format!("redis://127.0.0.1:{}", server.1);
-        let (bus, mut reader) = connect(&url, "herald-test", 10, broadcaster.clone()).unwrap();
+        let (bus, mut reader) = connect(&url, "herald-test", broadcaster.clone()).unwrap();
         bus.publish(vec![broadcast("before")]).await.unwrap();
         reader.preload().await.unwrap();
 

@@ -17,11 +17,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::history::{History, Retained};
 use super::outbox::{Outbox, Push};
+use super::retention::{AudienceKey, Retention, RetentionLimits};
 use crate::domain::{Audience, Channel, EventId, Outgoing, Published, Stamped, UserId};
 use crate::metrics::{Metrics, Snapshot};
 use crate::sse;
+use crate::store::Loaded;
 
 /// A stream's identity, reported to the client as `client_id`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,8 +40,7 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_user: usize,
     pub heartbeat_interval: Duration,
-    pub history_size: usize,
-    pub history_max_bytes: usize,
+    pub retention: RetentionLimits,
 }
 
 /// A stream asking to be registered.
@@ -97,6 +97,24 @@ struct Client {
     opened: u64,
 }
 
+/// One retained event as `/api/history` lists it.
+#[derive(Clone, Debug)]
+pub struct HistoryEntry {
+    pub id: EventId,
+    /// The event's SSE frame, as it was sent live.
+    pub frame: Bytes,
+    /// Milliseconds since the Unix epoch.
+    pub published_at: u64,
+}
+
+/// A page of `/api/history`, newest first.
+#[derive(Clone, Debug)]
+pub struct HistoryPage {
+    pub events: Vec<HistoryEntry>,
+    /// Whether older events remain.
+    pub more: bool,
+}
+
 /// Frames every stream may be sent, encoded once.
 struct Frames {
     heartbeat: Bytes,
@@ -113,15 +131,12 @@ pub struct Hub {
     channels: HashMap<Channel, HashSet<ClientId>>,
     /// Every stream by when its token stops being valid, soonest first.
     expiries: BTreeSet<(u64, ClientId)>,
-    /// Recent events for resume, bounded by `HISTORY_SIZE` and `HISTORY_MAX_BYTES`.
-    history: History,
+    /// The retained events of every audience, for resume and `/api/history`.
+    retention: Retention,
     /// This process's id epoch (the in-memory event flow).
     epoch: u64,
     /// The next sequence number to assign (the in-memory event flow).
     next_seq: u64,
-    /// The newest id delivered or preloaded; a shared flow may repeat an
-    /// event after a reconnect, and anything not newer is ignored.
-    newest: Option<EventId>,
     /// Events given an id and answered but not yet fanned out, in id order.
     pending: VecDeque<Stamped>,
     /// Counter of fan-out passes, for once-only delivery of unions.
@@ -145,10 +160,9 @@ impl Hub {
             users: HashMap::new(),
             channels: HashMap::new(),
             expiries: BTreeSet::new(),
-            history: History::new(limits.history_size, limits.history_max_bytes),
+            retention: Retention::new(limits.retention, EventId::new(epoch, 0), false),
             epoch,
             next_seq: 1,
-            newest: None,
             pending: VecDeque::new(),
             pass: 0,
             opened: 0,
@@ -187,22 +201,11 @@ impl Hub {
             )));
         }
 
-        let resume = stream
-            .last_event_id
-            .as_deref()
-            .map(|raw| match raw.parse::<EventId>() {
-                Ok(id) => self.history.after(id),
-                Err(()) => self.history.nothing(),
-            });
-        let (replay, recovered): (Vec<Bytes>, bool) = match resume {
-            Some(resume) => (
-                resume
-                    .events
-                    .filter(|event| event.audience.includes(&stream.user, &stream.channels))
-                    .map(|event| event.frame.clone())
-                    .collect(),
-                resume.recovered,
-            ),
+        let (replay, recovered) = match &stream.last_event_id {
+            Some(last) => {
+                let replay = self.retention.replay(last, &stream.user, &stream.channels);
+                (replay.frames, replay.recovered)
+            }
             None => (Vec::new(), true),
         };
         let connected = ConnectedEvent {
@@ -280,7 +283,17 @@ impl Hub {
     /// Gives events their ids (the in-memory event flow) and queues them for
     /// [`Hub::flush`]; answers with what each will reach. Answering before the
     /// fan-out lets the publisher's reply go out before the streams it wakes.
-    pub fn publish(&mut self, events: Vec<Outgoing>) -> Vec<Published> {
+    pub fn publish(&mut self, events: Vec<Outgoing>, now_ms: u64) -> Vec<Published> {
+        let (stamped, published) = self.stamp(events, now_ms);
+        self.pending.extend(stamped);
+        published
+    }
+
+    /// Gives events their ids and counts what each will reach now, without
+    /// delivering them: a durable store writes them first, and they come back
+    /// through [`Hub::deliver`] once they are on disk.
+    pub fn stamp(&mut self, events: Vec<Outgoing>, now_ms: u64) -> (Vec<Stamped>, Vec<Published>) {
+        let mut stamped = Vec::with_capacity(events.len());
         let mut published = Vec::with_capacity(events.len());
         for event in events {
             let id = EventId::new(self.epoch, self.next_seq);
@@ -289,9 +302,13 @@ impl Hub {
                 id: id.to_string(),
                 recipients: self.count_recipients(&event.audience),
             });
-            self.pending.push_back(Stamped { id, event });
+            stamped.push(Stamped {
+                id,
+                event,
+                published_at: now_ms,
+            });
         }
-        published
+        (stamped, published)
     }
 
     /// Delivers every published event still waiting, oldest first. History is
@@ -299,23 +316,21 @@ impl Hub {
     /// each event once, live.
     pub fn flush(&mut self) {
         while let Some(stamped) = self.pending.pop_front() {
-            self.fan_out(stamped.id, &stamped.event);
+            self.fan_out(stamped);
         }
     }
 
     /// Delivers events whose ids were assigned elsewhere (a shared event
     /// flow), skipping any not newer than the newest already seen.
-    pub fn deliver(&mut self, events: &[Stamped]) -> Vec<Published> {
+    pub fn deliver(&mut self, events: Vec<Stamped>) -> Vec<Published> {
         let mut published = Vec::with_capacity(events.len());
         for stamped in events {
-            if self.newest.is_some_and(|newest| stamped.id <= newest) {
+            if self.retention.newest() >= Some(stamped.id) {
                 continue; // already delivered before a reconnect of the flow
             }
-            let recipients = self.fan_out(stamped.id, &stamped.event);
-            published.push(Published {
-                id: stamped.id.to_string(),
-                recipients,
-            });
+            let id = stamped.id.to_string();
+            let recipients = self.fan_out(stamped);
+            published.push(Published { id, recipients });
         }
         published
     }
@@ -323,21 +338,88 @@ impl Hub {
     /// Fills history with events that came before this node started, without
     /// delivering them (a shared flow's retained events).
     pub fn preload(&mut self, events: Vec<Stamped>) {
-        for stamped in events {
-            if self.newest.is_some_and(|newest| stamped.id <= newest) {
-                continue;
+        if self.retention.newest().is_none() {
+            // What the flow kept is where this node's history begins.
+            if let Some(first) = events.first() {
+                self.retention.rebase(first.id, false);
             }
-            self.newest = Some(stamped.id);
+        }
+        for stamped in events {
             let frame = sse::event(
                 Some(&stamped.id.to_string()),
                 stamped.event.name.as_str(),
                 &stamped.event.data,
             );
-            self.history.push(Retained {
-                id: stamped.id,
-                audience: stamped.event.audience,
+            self.retention.insert(
+                stamped.id,
+                stamped.event.audience,
                 frame,
-            });
+                stamped.published_at,
+            );
+        }
+    }
+
+    /// Loads what a durable store held at start: history begins at its
+    /// `floor`, the retention rules apply again at `now_ms`, and from now on
+    /// every dropped event is reported for the store to delete.
+    pub fn restore(&mut self, loaded: Loaded, now_ms: u64) {
+        let Loaded {
+            events,
+            floor,
+            horizon,
+        } = loaded;
+        self.retention.rebase(floor, true);
+        if let Some(horizon) = horizon {
+            self.retention.lost_up_to(horizon);
+        }
+        for stamped in events {
+            let frame = sse::event(
+                Some(&stamped.id.to_string()),
+                stamped.event.name.as_str(),
+                &stamped.event.data,
+            );
+            self.retention.insert(
+                stamped.id,
+                stamped.event.audience,
+                frame,
+                stamped.published_at,
+            );
+        }
+        self.retention.purge(now_ms);
+    }
+
+    /// Events dropped from retention since the last call, for a durable
+    /// store to delete (empty without one).
+    pub fn take_evicted(&mut self) -> Vec<EventId> {
+        self.retention.take_evicted()
+    }
+
+    /// Drops retained events older than the TTL at `now_ms`.
+    pub fn purge(&mut self, now_ms: u64) {
+        self.retention.purge(now_ms);
+    }
+
+    /// The newest `limit` retained events for `user` on `channels` (and
+    /// everyone) older than `before`, newest first; and whether older remain.
+    pub fn history(
+        &self,
+        user: &UserId,
+        channels: &[Channel],
+        before: Option<EventId>,
+        limit: usize,
+    ) -> HistoryPage {
+        let keys = AudienceKey::of_stream(user, channels);
+        let (events, more) = self.retention.page(&keys, before, limit);
+        HistoryPage {
+            events: events
+                .into_iter()
+                .map(|(id, event)| HistoryEntry {
+                    id,
+                    frame: event.frame.clone(),
+                    published_at: event.published_at,
+                })
+                .collect(),
+            more,
         }
     }
 
@@ -432,7 +514,8 @@ impl Hub {
                 .iter()
                 .map(|(name, subscribers)| (name.to_string(), subscribers.len()))
                 .collect(),
-            history_len: self.history.len(),
+            history_len: self.retention.len(),
+            history_bytes: self.retention.bytes(),
         }
     }
 
@@ -483,9 +566,13 @@ impl Hub {
     }
 
     /// Encodes one event once, queues it on every matching stream and keeps
-    /// it in history; returns how many streams took it.
-    fn fan_out(&mut self, id: EventId, event: &Outgoing) -> usize {
-        self.newest = Some(id);
+    /// it in retention; returns how many streams took it.
+    fn fan_out(&mut self, stamped: Stamped) -> usize {
+        let Stamped {
+            id,
+            event,
+            published_at,
+        } = stamped;
         let frame = sse::event(Some(&id.to_string()), event.name.as_str(), &event.data);
         self.metrics
             .events_published
@@ -508,11 +595,8 @@ impl Hub {
         for client_id in gone {
             self.disconnect(client_id);
         }
-        self.history.push(Retained {
-            id,
-            audience: event.audience.clone(),
-            frame,
-        });
+        self.retention
+            .insert(id, event.audience, frame, published_at);
         recipients
     }
 }
@@ -524,14 +608,19 @@ mod tests {
     use crate::sse::{Frame, Parser};
 
     const EPOCH: u64 = 1_000;
+    /// The wall clock the tests pretend it is, in milliseconds.
+    const NOW: u64 = 1_700_000_000_000;
 
     fn limits() -> Limits {
         Limits {
             max_connections: 100,
             max_connections_per_user: 3,
             heartbeat_interval: Duration::from_secs(15),
-            history_size: 100,
-            history_max_bytes: usize::MAX,
+            retention: RetentionLimits {
+                per_audience: 100,
+                ttl_ms: 3_600_000,
+                max_bytes: usize::MAX,
+            },
         }
     }
 
@@ -606,10 +695,10 @@ mod tests {
             received(outbox); // the `connected` event
         }
 
-        let published = hub.publish(vec![event(
-            "update",
-            to(&["alice", "alice"], &["news", "sport"]),
-        )]);
+        let published = hub.publish(
+            vec![event("update", to(&["alice", "alice"], &["news", "sport"]))],
+            NOW,
+        );
         assert_eq!(published[0].recipients, 2, "alice and bob, once each");
         hub.flush();
 
@@ -714,15 +803,18 @@ mod tests {
     #[test]
     fn a_resume_replays_what_was_missed_then_goes_live_without_gap_or_repeat() {
         let mut hub = hub();
-        let first = hub.publish(vec![
-            event("one", Audience::Everyone),
-            event("two", to(&["alice"], &[])),
-            event("other", to(&["bob"], &[])),
-            event("three", to(&[], &["news"])),
-        ]);
+        let first = hub.publish(
+            vec![
+                event("one", Audience::Everyone),
+                event("two", to(&["alice"], &[])),
+                event("other", to(&["bob"], &[])),
+                event("three", to(&[], &["news"])),
+            ],
+            NOW,
+        );
         hub.flush();
         // Published and answered, not yet fanned out when the stream registers.
-        let pending = hub.publish(vec![event("four", Audience::Everyone)]);
+        let pending = hub.publish(vec![event("four", Audience::Everyone)], NOW);
 
         let (_, outbox, connected) =
             open(&mut hub, "alice", &["news"], Some(&first[0].id)).unwrap();
@@ -734,7 +826,7 @@ mod tests {
             }
         );
         hub.flush();
-        hub.publish(vec![event("five", to(&["alice"], &[]))]);
+        hub.publish(vec![event("five", to(&["alice"], &[]))], NOW);
         hub.flush();
 
         let frames = received(&outbox);
@@ -754,13 +846,19 @@ mod tests {
     fn an_unknown_or_evicted_id_is_reported_as_not_recovered() {
         let mut hub = Hub::new(
             Limits {
-                history_size: 2,
+                retention: RetentionLimits {
+                    per_audience: 2,
+                    ..limits().retention
+                },
                 ..limits()
             },
             Arc::new(Metrics::default()),
             EPOCH,
         );
-        let published = hub.publish((0..4).map(|_| event("e", Audience::Everyone)).collect());
+        let published = hub.publish(
+            (0..4).map(|_| event("e", Audience::Everyone)).collect(),
+            NOW,
+        );
         hub.flush();
 
         let (_, _, evicted) = open(&mut hub, "a", &[], Some(&published[0].id)).unwrap();
@@ -793,11 +891,12 @@ mod tests {
             .map(|seq| Stamped {
                 id: EventId::new(7, seq),
                 event: event("e", Audience::Everyone),
+                published_at: NOW,
             })
             .collect();
 
-        assert_eq!(hub.deliver(&stamped[..2]).len(), 2);
-        let again = hub.deliver(&stamped);
+        assert_eq!(hub.deliver(stamped[..2].to_vec()).len(), 2);
+        let again = hub.deliver(stamped);
         assert_eq!(again.len(), 1, "only the new one");
         assert_eq!(again[0].id, "7-3");
         let ids: Vec<Option<String>> = received(&outbox).into_iter().map(|f| f.id).collect();

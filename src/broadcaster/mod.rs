@@ -6,9 +6,9 @@
 //! below, one per intent, and each message is one call on the Hub: the actor
 //! is the glue that serialises access and reads the clock.
 
-mod history;
 mod hub;
 mod outbox;
+mod retention;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,12 +16,16 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-pub(crate) use hub::{ClientId, ConnectError, Connected, Hub, Limits, NewStream};
+pub(crate) use hub::{
+    ClientId, ConnectError, Connected, HistoryEntry, HistoryPage, Hub, Limits, NewStream,
+};
 pub(crate) use outbox::{ClientStream, ConnectionSocket, Outbox};
+pub(crate) use retention::RetentionLimits;
 
 use crate::clock;
-use crate::domain::{Audience, Outgoing, Published, Stamped};
+use crate::domain::{Audience, Channel, EventId, Outgoing, Published, Stamped, UserId};
 use crate::metrics::{Metrics, Snapshot};
+use crate::store::{Loaded, Store, StoreError, Writer};
 
 /// Registers a stream, queueing `connected` and any replay before live events.
 #[derive(Message)]
@@ -35,9 +39,10 @@ pub(crate) struct Disconnect {
     pub id: ClientId,
 }
 
-/// Assigns ids to events and delivers them (the in-memory event flow).
+/// Assigns ids to events and delivers them (this node's own event flow);
+/// with a durable store, answers once they are on disk.
 #[derive(Message)]
-#[rtype(result = "Vec<Published>")]
+#[rtype(result = "Result<Vec<Published>, StoreError>")]
 pub(crate) struct Publish {
     pub events: Vec<Outgoing>,
 }
@@ -47,6 +52,13 @@ pub(crate) struct Publish {
 #[rtype(result = "Vec<Published>")]
 pub(crate) struct Deliver {
     pub events: Vec<Stamped>,
+}
+
+/// Events the durable store has put on disk, in id order: deliver them.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Committed {
+    events: Vec<Stamped>,
 }
 
 /// Fills history with events that came before this node started, without
@@ -62,6 +74,16 @@ pub(crate) struct Preload {
 #[rtype(result = "Vec<usize>")]
 pub(crate) struct CountRecipients {
     pub audiences: Vec<Audience>,
+}
+
+/// Reads a page of retained events for one audience.
+#[derive(Message)]
+#[rtype(result = "HistoryPage")]
+pub(crate) struct GetHistory {
+    pub user: UserId,
+    pub channels: Vec<Channel>,
+    pub before: Option<EventId>,
+    pub limit: usize,
 }
 
 /// Asks for the current counts.
@@ -111,7 +133,8 @@ fn new_epoch() -> u64 {
     }
 }
 
-/// How often streams whose token expired are ended (the precision of expiry).
+/// How often streams whose token expired are ended, and events older than
+/// the TTL dropped (the precision of both).
 const EXPIRY_TICK: Duration = Duration::from_secs(1);
 
 /// Messages that may wait in the Broadcaster's mailbox before `send` waits.
@@ -125,13 +148,56 @@ pub(crate) struct Broadcaster {
     hub: Hub,
     /// How often every stream gets a heartbeat.
     heartbeat_interval: Duration,
+    /// The durable store's writer thread, when events are kept on disk.
+    store: Option<Writer>,
 }
 
 impl Broadcaster {
-    pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Self {
+    /// An actor keeping its history in memory only.
+    pub fn in_memory(limits: Limits, metrics: Arc<Metrics>) -> Self {
         Self {
             heartbeat_interval: limits.heartbeat_interval,
             hub: Hub::new(limits, metrics, new_epoch()),
+            store: None,
+        }
+    }
+
+    /// Starts the actor. With `store`, what it holds becomes the history and
+    /// every publish is on disk before it is answered and delivered.
+    pub fn launch(
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        store: Option<(Store, Loaded)>,
+    ) -> std::io::Result<Addr<Self>> {
+        let Some((store, loaded)) = store else {
+            return Ok(Self::in_memory(limits, metrics).start());
+        };
+        // Ids keep increasing across restarts.
+        let epoch = loaded
+            .events
+            .last()
+            .map_or(0, |newest| newest.id.epoch + 1)
+            .max(new_epoch());
+        let mut hub = Hub::new(limits.clone(), metrics, epoch);
+        hub.restore(loaded, clock::unix_now_ms());
+        let context = Context::new();
+        let address = context.address();
+        let writer = Writer::spawn(
+            store,
+            Box::new(move |events| address.do_send(Committed { events })),
+        )?;
+        writer.delete(hub.take_evicted());
+        Ok(context.run(Self {
+            heartbeat_interval: limits.heartbeat_interval,
+            hub,
+            store: Some(writer),
+        }))
+    }
+
+    /// Hands what retention dropped to the store to delete.
+    fn forget_evicted(&mut self) {
+        if let Some(store) = &self.store {
+            store.delete(self.hub.take_evicted());
         }
     }
 
@@ -156,6 +222,8 @@ impl Actor for Broadcaster {
         });
         ctx.run_interval(EXPIRY_TICK, |actor, _| {
             actor.hub.expire(clock::unix_now());
+            actor.hub.purge(clock::unix_now_ms());
+            actor.forget_evicted();
         });
     }
 }
@@ -177,15 +245,41 @@ impl Handler<Disconnect> for Broadcaster {
 }
 
 impl Handler<Publish> for Broadcaster {
-    type Result = MessageResult<Publish>;
+    type Result = ResponseFuture<Result<Vec<Published>, StoreError>>;
 
-    /// Gives the events their ids and answers at once; the fan-out follows
-    /// (see [`FlushFanOut`]). Answering first matters: the publisher's reply
-    /// would otherwise queue on its worker behind every stream it just woke.
+    /// Gives the events their ids. In memory, answers at once and the
+    /// fan-out follows (see [`FlushFanOut`]): the publisher's reply would
+    /// otherwise queue on its worker behind every stream it just woke. With a
+    /// store, the events go to its writer, and they are answered and
+    /// delivered (see [`Committed`]) once they are on disk.
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
-        let published = self.hub.publish(msg.events);
-        ctx.notify(FlushFanOut);
-        MessageResult(published)
+        let now = clock::unix_now_ms();
+        let Some(store) = &self.store else {
+            let published = self.hub.publish(msg.events, now);
+            ctx.notify(FlushFanOut);
+            return Box::pin(std::future::ready(Ok(published)));
+        };
+        let (stamped, published) = self.hub.stamp(msg.events, now);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if let Err(error) = store.append(stamped, reply) {
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        Box::pin(async move {
+            match answer.await {
+                Ok(Ok(())) => Ok(published),
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(StoreError::Stopped),
+            }
+        })
+    }
+}
+
+impl Handler<Committed> for Broadcaster {
+    type Result = ();
+
+    fn handle(&mut self, msg: Committed, _: &mut Context<Self>) {
+        self.hub.deliver(msg.events);
+        self.forget_evicted();
     }
 }
 
@@ -209,7 +303,7 @@ impl Handler<Deliver> for Broadcaster {
     type Result = MessageResult<Deliver>;
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.hub.deliver(&msg.events))
+        MessageResult(self.hub.deliver(msg.events))
     }
 }
 
@@ -230,6 +324,18 @@ impl Handler<CountRecipients> for Broadcaster {
                 .iter()
                 .map(|audience| self.hub.count_recipients(audience))
                 .collect(),
+        )
+    }
+}
+
+impl Handler<GetHistory> for Broadcaster {
+    type Result = MessageResult<GetHistory>;
+
+    fn handle(&mut self, msg: GetHistory, _: &mut Context<Self>) -> Self::Result {
+        self.hub.purge(clock::unix_now_ms());
+        MessageResult(
+            self.hub
+                .history(&msg.user, &msg.channels, msg.before, msg.limit),
         )
     }
 }

@@ -20,19 +20,6 @@ pub enum Audience {
     },
 }
 
-impl Audience {
-    /// Whether a stream of `user` subscribed to `channels` may receive it.
-    pub fn includes(&self, user: &UserId, channels: &[Channel]) -> bool {
-        match self {
-            Self::Everyone => true,
-            Self::Targets {
-                users,
-                channels: targets,
-            } => users.contains(user) || targets.iter().any(|target| channels.contains(target)),
-        }
-    }
-}
-
 /// An event to publish, before it has an id.
 #[derive(Clone, Debug)]
 pub struct Outgoing {
@@ -47,6 +34,8 @@ pub struct Outgoing {
 pub struct Stamped {
     pub id: EventId,
     pub event: Outgoing,
+    /// When it was accepted, in milliseconds since the Unix epoch.
+    pub published_at: u64,
 }
 
 /// What publishing one event did on this node: the publish answer.
@@ -55,24 +44,4 @@ pub struct Published {
     pub id: String,
     /// Streams on this node the event was (or will at once be) queued to.
     pub recipients: usize,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn audience_is_a_union_of_users_and_channels() {
-        let alice = UserId::parse("alice").unwrap();
-        let bob = UserId::parse("bob").unwrap();
-        let news = Channel::parse("news").unwrap();
-        let audience = Audience::Targets {
-            users: vec![alice.clone()].into(),
-            channels: vec![news.clone()].into(),
-        };
-        assert!(audience.includes(&alice, &[]));
-        assert!(audience.includes(&bob, std::slice::from_ref(&news)));
-        assert!(!audience.includes(&bob, &[Channel::parse("sport").unwrap()]));
-        assert!(Audience::Everyone.includes(&bob, &[]));
-    }
 }

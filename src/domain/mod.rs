@@ -52,6 +52,12 @@ impl UserId {
     }
 }
 
+impl AsRef<str> for UserId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -80,6 +86,12 @@ impl Channel {
     }
 
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Channel {
+    fn as_ref(&self) -> &str {
         &self.0
     }
 }

@@ -18,10 +18,7 @@ const MAX_LAST_EVENT_ID_LEN: usize = 64;
 
 /// The channels a request asks for: every `channel`, then every `channels`
 /// list, in order, without repeats.
-pub(super) fn requested_channels(
-    query: &[(String, String)],
-    limit: usize,
-) -> Result<Vec<Channel>, ApiError> {
+fn requested_channels(query: &[(String, String)], limit: usize) -> Result<Vec<Channel>, ApiError> {
     let mut channels: Vec<Channel> = Vec::new();
     let raw = query.iter().flat_map(|(key, value)| match key.as_str() {
         "channel" => vec![value.as_str()],
@@ -46,15 +43,21 @@ pub(super) fn requested_channels(
     Ok(channels)
 }
 
-pub(super) async fn subscribe(
-    req: HttpRequest,
-    identity: Identity,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let query = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-        .map_err(|e| ApiError::BadRequest(format!("the query string is malformed: {e}")))?
-        .into_inner();
-    let channels = requested_channels(&query, state.config.max_channels_per_connection)?;
+/// The query string as name/value pairs, in order.
+pub(super) fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
+    web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| ApiError::BadRequest(format!("the query string is malformed: {e}")))
+}
+
+/// The requested channels, each of which the token's `channels` claim must
+/// allow (else 403).
+pub(super) fn allowed_channels(
+    query: &[(String, String)],
+    identity: &Identity,
+    limit: usize,
+) -> Result<Vec<Channel>, ApiError> {
+    let channels = requested_channels(query, limit)?;
     if let Some(denied) = channels.iter().find(|channel| {
         !identity
             .channel_patterns
@@ -66,6 +69,16 @@ pub(super) async fn subscribe(
             truncate_for_message(denied.as_str())
         )));
     }
+    Ok(channels)
+}
+
+pub(super) async fn subscribe(
+    req: HttpRequest,
+    identity: Identity,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query_pairs(&req)?;
+    let channels = allowed_channels(&query, &identity, state.config.max_channels_per_connection)?;
     let last_event_id = req
         .headers()
         .get("last-event-id")

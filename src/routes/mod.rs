@@ -4,6 +4,7 @@
 pub(crate) mod demo;
 mod events;
 mod health;
+mod history;
 mod publish;
 
 use std::sync::Arc;
@@ -34,6 +35,14 @@ impl From<BusError> for ApiError {
                 Self::Unavailable("the event store is unreachable; try again".into())
             }
             BusError::Stopped => Self::Unavailable("the server is shutting down".into()),
+            BusError::NotWritten(why) => {
+                log::error!("event store: {why}");
+                Self::Unavailable(
+                    "the event store could not write the event (is its disk full?); \
+                     it was not accepted"
+                        .into(),
+                )
+            }
             BusError::Encoding(why) => Self::Internal(why),
         }
     }
@@ -66,6 +75,7 @@ impl Endpoint {
 pub(crate) fn endpoints() -> Vec<Endpoint> {
     vec![
         Endpoint::new(Method::GET, "/api/events", events::subscribe),
+        Endpoint::new(Method::GET, "/api/history", history::list),
         Endpoint::new(Method::POST, "/api/send", publish::send),
         Endpoint::new(Method::GET, "/api/stats", health::stats),
         Endpoint::new(Method::GET, "/metrics", health::metrics),

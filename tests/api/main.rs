@@ -8,5 +8,7 @@ mod limits;
 mod process;
 mod publish;
 mod resume;
+mod retention;
+mod storage;
 mod streams;
 mod tokens;

@@ -1,130 +1,14 @@
 //! Tests that run the `herald` binary itself: start-up, the CLI, signals,
 //! logs, and memory under a stuck client.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::helpers::binary::Herald;
 use crate::helpers::*;
-
-/// A running `herald` process, killed when dropped.
-struct Herald {
-    child: Child,
-    port: u16,
-    /// Everything the process wrote to stderr (its log).
-    log: Arc<Mutex<String>>,
-}
-
-impl Herald {
-    fn start(env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOST", "127.0.0.1")
-            .env("PORT", "0")
-            .env("RUST_LOG", "info")
-            // Away from the project's own .env.
-            .current_dir(std::env::temp_dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("herald starts");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (port_tx, port_rx) = mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("Herald listening on http://127.0.0.1:").nth(1) {
-                    let _ = port_tx.send(rest.trim().parse::<u16>().unwrap());
-                }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let port = match port_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(port) => port,
-            Err(_) => panic!("herald did not start; log:\n{}", log.lock().unwrap()),
-        };
-        Herald { child, port, log }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn terminate(&self) {
-        // SAFETY: kill() with a child's pid has no memory effects.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-    }
-
-    /// Waits for the process to exit; returns how long it took and whether it exited cleanly.
-    fn wait_exit(&mut self, limit: Duration) -> (Duration, bool) {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (started.elapsed(), status.success());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("herald did not exit within {limit:?}; log:\n{}", self.log());
-    }
-
-    fn resident_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap();
-        kib * 1024
-    }
-
-    async fn stats(&self) -> Value {
-        let request = client()
-            .get(self.url("/api/stats"))
-            .bearer_auth(admin_token());
-        Answer::of(request.send()).await.into_json()
-    }
-
-    /// `POST /api/send` with `body` as JSON.
-    async fn publish(&self, token: &str, body: &Value) -> Answer {
-        let request = client().post(self.url("/api/send")).bearer_auth(token);
-        Answer::of(request.send_json(body)).await
-    }
-
-    async fn wait_for(&self, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let stats = self.stats().await;
-            if predicate(&stats) {
-                return stats;
-            }
-            assert!(Instant::now() < deadline, "{what} never happened: {stats}");
-            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Herald {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn a_short_secret_stops_start_up_with_a_message_naming_it() {
@@ -321,6 +205,8 @@ async fn stuck_clients_are_cut_off_counted_and_recover_everything_from_history()
         ("JWT_SECRET", SECRET),
         ("CLIENT_BUFFER", "64"),
         ("MAX_BODY_BYTES", "2000000"),
+        // Every event stays retained, so each stuck client recovers all it missed.
+        ("HISTORY_PER_AUDIENCE", "5000"),
     ]);
     let address: std::net::SocketAddr = format!("127.0.0.1:{}", herald.port).parse().unwrap();
     let token = user_token("slow", &[]);

@@ -93,7 +93,7 @@ async fn replay_holds_only_what_this_stream_may_receive_now() {
 
 #[actix_web::test]
 async fn unknown_or_evicted_ids_resume_with_recovered_false() {
-    let server = spawn(&[("HISTORY_SIZE", "3")]).await;
+    let server = spawn(&[("HISTORY_PER_AUDIENCE", "3")]).await;
     let token = user_token("alice", &[]);
     let mut ids = Vec::new();
     for n in 0..6 {

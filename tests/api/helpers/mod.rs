@@ -1,6 +1,7 @@
 //! Starts a real Herald on a random port and talks HTTP to it; the fixtures
 //! for the tests that need other programs are in the submodules.
 
+pub mod binary;
 pub mod browser;
 pub mod redis;
 
@@ -31,13 +32,47 @@ pub fn now() -> u64 {
     herald::unix_now()
 }
 
-/// Test settings: a known secret, port 0, overridden by `pairs`.
+/// A directory of the test's own for a server's store, under the system's
+/// temporary directory; removed when dropped.
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(std::env::temp_dir().join(format!("{DATA_DIR_PREFIX}{}-{n}", std::process::id())))
+    }
+
+    pub fn path(&self) -> &str {
+        self.0
+            .to_str()
+            .expect("the temporary directory's path is UTF-8")
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        // Best effort: a leftover temporary directory harms nothing.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// How the store directories [`config`] makes are named.
+const DATA_DIR_PREFIX: &str = "herald-test-data-";
+
+/// Test settings: a known secret, port 0, a fresh store directory,
+/// overridden by `pairs`.
 pub fn config(pairs: &[(&str, &str)]) -> Config {
+    let data_dir = DataDir::new();
+    let fresh = data_dir.path().to_owned();
+    // The server's guard (see `spawn_with`) removes it; this one must not.
+    std::mem::forget(data_dir);
     let mut map: HashMap<String, String> = [
         ("JWT_SECRET", SECRET),
         ("HOST", "127.0.0.1"),
         ("PORT", "0"),
         ("WORKERS", "2"),
+        ("DATA_DIR", &fresh),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -77,6 +112,8 @@ pub struct TestServer {
     pub port: u16,
     shutdown: Shutdown,
     client: awc::Client,
+    /// Removed with the server, when it is one the helpers made.
+    _data_dir: Option<DataDir>,
 }
 
 /// Starts a server with [`config`]`(pairs)`.
@@ -86,6 +123,15 @@ pub async fn spawn(pairs: &[(&str, &str)]) -> TestServer {
 
 pub async fn spawn_with(config: Config) -> TestServer {
     raise_open_files();
+    // A store directory that `config` made is this server's to remove.
+    let data_dir = config
+        .data_dir()
+        .filter(|dir| {
+            dir.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with(DATA_DIR_PREFIX))
+        })
+        .map(|dir| DataDir(dir.to_path_buf()));
     let app = Application::build(config).await.expect("the server starts");
     let port = app.port();
     let shutdown = app.shutdown_handle();
@@ -94,6 +140,7 @@ pub async fn spawn_with(config: Config) -> TestServer {
         port,
         shutdown,
         client: client(),
+        _data_dir: data_dir,
     }
 }
 

@@ -1,0 +1,590 @@
+//! The durable store of a single node: every retained event in an embedded
+//! SQLite database under `DATA_DIR`, so a restart (or a crash) loses nothing
+//! that was answered `202`.
+//!
+//! Memory stays the place events are read from (resume, `/api/history`); the
+//! store is its durable copy. At start every stored event is loaded and the
+//! retention rules applied again; while running, new events are appended and
+//! evicted ones deleted. One thread ([`Writer`]) owns the database and commits
+//! whatever is waiting in one transaction, so concurrent publishes share one
+//! disk sync (group commit). Why SQLite: see `docs/architecture.md`.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use tokio::sync::oneshot;
+
+use crate::domain::{Audience, Channel, EventId, EventName, Outgoing, Stamped, UserId};
+
+/// The database file's name inside `DATA_DIR`.
+const FILE_NAME: &str = "herald.db";
+/// Most appends one transaction takes; more wait for the next.
+const MAX_GROUP: usize = 1024;
+/// Deletes wait for the next append's transaction, or at most this long
+/// (they need no sync of their own: a restart applies retention again).
+const DELETE_DELAY: Duration = Duration::from_secs(1);
+/// ... or until this many are waiting.
+const DELETE_BATCH: usize = 4096;
+
+/// Why the store could not be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum StoreError {
+    /// `DATA_DIR` cannot be created, opened or written (at start).
+    Unusable(String),
+    /// The database file is damaged (at start).
+    Damaged(String),
+    /// The disk is full (SQLite's `SQLITE_FULL`; a file-size limit shows
+    /// as a failed write instead).
+    Full(String),
+    /// Another failure to write.
+    Failed(String),
+    /// The writer has stopped: the server is stopping.
+    Stopped,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unusable(why) | Self::Damaged(why) | Self::Failed(why) => f.write_str(why),
+            Self::Full(why) => write!(f, "the disk is full: {why}"),
+            Self::Stopped => f.write_str("the store has stopped"),
+        }
+    }
+}
+
+/// What the store held at start.
+pub(crate) struct Loaded {
+    /// Every stored event, oldest first.
+    pub events: Vec<Stamped>,
+    /// Where this store's history began: ids before it were never stored.
+    pub floor: EventId,
+    /// The newest event ever deleted from the store: what each audience lost
+    /// is not stored, so a resume from before it counts as not recovered.
+    pub horizon: Option<EventId>,
+}
+
+/// The database, owned by the writer thread once the server runs.
+pub(crate) struct Store {
+    connection: Connection,
+    path: PathBuf,
+    /// The newest id ever deleted (see [`Loaded::horizon`]).
+    horizon: Option<EventId>,
+}
+
+fn failed(path: &Path, error: &rusqlite::Error) -> StoreError {
+    let message = format!("{}: {error}", path.display());
+    match error.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StoreError::Full(message),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Damaged(format!(
+            "{message}. The file is damaged: move it aside to start with an empty history, \
+             or restore it from a backup"
+        )),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Unusable(format!(
+            "{message}: another process (a second Herald?) is using this DATA_DIR"
+        )),
+        _ => StoreError::Failed(message),
+    }
+}
+
+/// Newline-separated names (no name can hold a line break).
+fn join<T: AsRef<str>>(names: &[T]) -> String {
+    names
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn split<T>(joined: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Box<[T]>, String> {
+    joined
+        .split('\n')
+        .filter(|name| !name.is_empty())
+        .map(parse)
+        .collect()
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and reads everything in it.
+    pub(crate) fn open(dir: &Path, new_floor: EventId) -> Result<(Self, Loaded), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unusable(format!("DATA_DIR {} cannot be created: {e}", dir.display()))
+        })?;
+        let path = dir.join(FILE_NAME);
+        let unusable = |error: rusqlite::Error| match failed(&path, &error) {
+            StoreError::Failed(message) | StoreError::Full(message) => StoreError::Unusable(
+                format!("DATA_DIR {} cannot be used: {message}", dir.display()),
+            ),
+            other => other,
+        };
+        let connection = Connection::open(&path).map_err(unusable)?;
+        // One connection, holding the file exclusively: waiting for a lock
+        // could only mean waiting for another process, which is refused.
+        connection.busy_timeout(Duration::ZERO).map_err(unusable)?;
+        // WAL with FULL sync: a commit is on disk when it returns, with one sync.
+        // EXCLUSIVE: a second process on the same directory is refused.
+        connection
+            .execute_batch(
+                "PRAGMA locking_mode = EXCLUSIVE;
+                 PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 CREATE TABLE IF NOT EXISTS events (
+                     epoch INTEGER NOT NULL,
+                     seq INTEGER NOT NULL,
+                     name TEXT NOT NULL,
+                     data TEXT NOT NULL,
+                     users TEXT,
+                     channels TEXT,
+                     published_at INTEGER NOT NULL,
+                     PRIMARY KEY (epoch, seq)
+                 ) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS meta (
+                     key TEXT PRIMARY KEY,
+                     value INTEGER NOT NULL
+                 ) WITHOUT ROWID;",
+            )
+            .map_err(unusable)?;
+        let check: String = connection
+            .query_row("PRAGMA quick_check", [], |row| row.get(0))
+            .map_err(unusable)?;
+        if check != "ok" {
+            return Err(StoreError::Damaged(format!(
+                "{} is damaged ({check}): move it aside to start with an empty history, \
+                 or restore it from a backup",
+                path.display()
+            )));
+        }
+        let mut store = Self {
+            connection,
+            path,
+            horizon: None,
+        };
+        let floor = store.floor(new_floor)?;
+        let horizon = store.read_horizon()?;
+        store.horizon = horizon;
+        let events = store.load()?;
+        Ok((
+            store,
+            Loaded {
+                events,
+                floor,
+                horizon,
+            },
+        ))
+    }
+
+    /// The floor recorded when the store was created, recording `new` if none.
+    fn floor(&mut self, new: EventId) -> Result<EventId, StoreError> {
+        let get = |connection: &Connection, key: &str| -> rusqlite::Result<Option<i64>> {
+            connection
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                    row.get(0)
+                })
+                .optional()
+        };
+        let epoch = get(&self.connection, "floor_epoch").map_err(|e| failed(&self.path, &e))?;
+        let seq = get(&self.connection, "floor_seq").map_err(|e| failed(&self.path, &e))?;
+        if let (Some(epoch), Some(seq)) = (epoch, seq) {
+            return Ok(EventId::new(epoch as u64, seq as u64));
+        }
+        self.connection
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('floor_epoch', ?1), ('floor_seq', ?2)",
+                params![new.epoch as i64, new.seq as i64],
+            )
+            .map_err(|e| failed(&self.path, &e))?;
+        Ok(new)
+    }
+
+    /// The newest id ever deleted, if any.
+    fn read_horizon(&mut self) -> Result<Option<EventId>, StoreError> {
+        self.connection
+            .query_row(
+                "SELECT a.value, b.value FROM meta a, meta b
+                 WHERE a.key = 'horizon_epoch' AND b.key = 'horizon_seq'",
+                [],
+                |row| {
+                    Ok(EventId::new(
+                        row.get::<_, i64>(0)? as u64,
+                        row.get::<_, i64>(1)? as u64,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|e| failed(&self.path, &e))
+    }
+
+    fn load(&mut self) -> Result<Vec<Stamped>, StoreError> {
+        let path = self.path.clone();
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT epoch, seq, name, data, users, channels, published_at
+                 FROM events ORDER BY epoch, seq",
+            )
+            .map_err(|e| failed(&path, &e))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    EventId::new(row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64),
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, Option<String>>(4)?,
+                    row.get::<_, Option<String>>(5)?,
+                    row.get::<_, i64>(6)? as u64,
+                ))
+            })
+            .map_err(|e| failed(&path, &e))?;
+        let mut events = Vec::new();
+        for row in rows {
+            let (id, name, data, users, channels, published_at) =
+                row.map_err(|e| failed(&path, &e))?;
+            let damaged =
+                |why: String| StoreError::Damaged(format!("{}: event {id}: {why}", path.display()));
+            let audience = match (users, channels) {
+                (None, None) => Audience::Everyone,
+                (users, channels) => Audience::Targets {
+                    users: split(users.as_deref().unwrap_or(""), UserId::parse).map_err(damaged)?,
+                    channels: split(channels.as_deref().unwrap_or(""), Channel::parse)
+                        .map_err(damaged)?,
+                },
+            };
+            events.push(Stamped {
+                id,
+                event: Outgoing {
+                    name: EventName::parse(&name).map_err(damaged)?,
+                    data,
+                    audience,
+                },
+                published_at,
+            });
+        }
+        Ok(events)
+    }
+
+    /// Appends `events` and deletes `evicted` in one transaction, on disk
+    /// when this returns.
+    fn commit(&mut self, events: &[&Stamped], evicted: &[EventId]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let fail = |e: rusqlite::Error| failed(&path, &e);
+        let transaction = self.connection.transaction().map_err(fail)?;
+        {
+            let mut insert = transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO events
+                     (epoch, seq, name, data, users, channels, published_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(fail)?;
+            for stamped in events {
+                let (users, channels) = match &stamped.event.audience {
+                    Audience::Everyone => (None, None),
+                    Audience::Targets { users, channels } => {
+                        (Some(join(users)), Some(join(channels)))
+                    }
+                };
+                insert
+                    .execute(params![
+                        stamped.id.epoch as i64,
+                        stamped.id.seq as i64,
+                        stamped.event.name.as_str(),
+                        stamped.event.data,
+                        users,
+                        channels,
+                        stamped.published_at as i64,
+                    ])
+                    .map_err(fail)?;
+            }
+            let mut delete = transaction
+                .prepare_cached("DELETE FROM events WHERE epoch = ?1 AND seq = ?2")
+                .map_err(fail)?;
+            for id in evicted {
+                delete
+                    .execute(params![id.epoch as i64, id.seq as i64])
+                    .map_err(fail)?;
+            }
+            let horizon = self.horizon.max(evicted.iter().max().copied());
+            if let Some(horizon) = horizon.filter(|_| horizon != self.horizon) {
+                transaction
+                    .execute(
+                        "INSERT OR REPLACE INTO meta (key, value)
+                         VALUES ('horizon_epoch', ?1), ('horizon_seq', ?2)",
+                        params![horizon.epoch as i64, horizon.seq as i64],
+                    )
+                    .map_err(fail)?;
+            }
+        }
+        transaction.commit().map_err(fail)?;
+        self.horizon = self.horizon.max(evicted.iter().max().copied());
+        Ok(())
+    }
+}
+
+/// What the writer thread is asked to do.
+enum Command {
+    /// Write these events; answer once they are on disk (or not).
+    Append {
+        events: Vec<Stamped>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Delete these events with the next transaction.
+    Delete(Vec<EventId>),
+}
+
+/// Events the writer has put on disk, in id order, for the Broadcaster to
+/// deliver.
+pub(crate) type OnCommitted = Box<dyn Fn(Vec<Stamped>) + Send>;
+
+/// The handle to the writer thread. The thread ends when every handle is gone.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Writer {
+    /// Moves `store` to its own thread. `on_committed` is called there with
+    /// every group of appended events once they are on disk, in order, before
+    /// their publishers are answered.
+    pub(crate) fn spawn(mut store: Store, on_committed: OnCommitted) -> std::io::Result<Self> {
+        let (commands, inbox) = mpsc::channel::<Command>();
+        std::thread::Builder::new()
+            .name("herald-store".into())
+            .spawn(move || {
+                let mut evicted: Vec<EventId> = Vec::new();
+                // When the oldest waiting delete arrived.
+                let mut waiting_since: Option<Instant> = None;
+                loop {
+                    let first = match waiting_since {
+                        None => inbox.recv().ok(),
+                        Some(since) => {
+                            let left = DELETE_DELAY.saturating_sub(since.elapsed());
+                            // A timeout (or the last handle gone) writes the deletes.
+                            inbox.recv_timeout(left).ok()
+                        }
+                    };
+                    let Some(first) = first else {
+                        // Idle with deletes waiting (or stopping): write them now.
+                        if evicted.is_empty() {
+                            return;
+                        }
+                        match store.commit(&[], &evicted) {
+                            Ok(()) => {
+                                evicted.clear();
+                                waiting_since = None;
+                            }
+                            Err(error) => {
+                                // Not retried: rows left behind are evicted
+                                // again when a restart applies retention.
+                                log::warn!("store: deleting evicted events: {error}");
+                                evicted.clear();
+                                waiting_since = None;
+                            }
+                        }
+                        continue;
+                    };
+                    let mut appends = Vec::new();
+                    let mut next = Some(first);
+                    // Whatever queued up during the last sync shares this one.
+                    while let Some(command) = next.take() {
+                        match command {
+                            Command::Append { events, reply } => appends.push((events, reply)),
+                            Command::Delete(ids) => evicted.extend(ids),
+                        }
+                        if appends.len() < MAX_GROUP {
+                            next = inbox.try_recv().ok();
+                        }
+                    }
+                    if !evicted.is_empty() {
+                        waiting_since.get_or_insert_with(Instant::now);
+                    }
+                    let deletes_due = evicted.len() >= DELETE_BATCH
+                        || waiting_since.is_some_and(|since| since.elapsed() >= DELETE_DELAY);
+                    if appends.is_empty() && !deletes_due {
+                        continue;
+                    }
+                    let events: Vec<&Stamped> =
+                        appends.iter().flat_map(|(events, _)| events).collect();
+                    match store.commit(&events, &evicted) {
+                        Ok(()) => {
+                            evicted.clear();
+                            waiting_since = None;
+                            let (groups, replies): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
+                            on_committed(groups.into_iter().flatten().collect());
+                            for reply in replies {
+                                // A publisher that went away needs no answer.
+                                let _ = reply.send(Ok(()));
+                            }
+                        }
+                        Err(error) => {
+                            log::error!("store: {error}");
+                            for (_, reply) in appends {
+                                let _ = reply.send(Err(error.clone()));
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(Self { commands })
+    }
+
+    /// Queues events to write; the answer comes through `reply`.
+    pub(crate) fn append(
+        &self,
+        events: Vec<Stamped>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    ) -> Result<(), StoreError> {
+        self.commands
+            .send(Command::Append { events, reply })
+            .map_err(|_| StoreError::Stopped)
+    }
+
+    /// Queues evicted events to delete with the next transaction.
+    pub(crate) fn delete(&self, ids: Vec<EventId>) {
+        if !ids.is_empty() {
+            // Fails only when the thread is gone, and then so is the server.
+            let _ = self.commands.send(Command::Delete(ids));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory under the system's temporary one, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "herald-store-{name}-{}-{}",
+                std::process::id(),
+                crate::clock::unix_now_ms()
+            ));
+            Self(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            // Best effort: a leftover temporary directory harms nothing.
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn stamped(seq: u64, audience: Audience) -> Stamped {
+        Stamped {
+            id: EventId::new(9, seq),
+            event: Outgoing {
+                name: EventName::parse("note").unwrap(),
+                data: format!(r#"{{"seq":{seq}}}"#),
+                audience,
+            },
+            published_at: 1_000 + seq,
+        }
+    }
+
+    #[test]
+    fn what_was_committed_is_loaded_again_in_order_with_its_audience() {
+        let scratch = Scratch::new("reload");
+        let targets = Audience::Targets {
+            users: vec![UserId::parse("Zoë Ω").unwrap()].into(),
+            channels: vec![Channel::parse("team-1/a:b").unwrap()].into(),
+        };
+        let channel_only = Audience::Targets {
+            users: Vec::new().into(),
+            channels: vec![Channel::parse("news").unwrap()].into(),
+        };
+        {
+            let (mut store, loaded) = Store::open(&scratch.0, EventId::new(9, 0)).unwrap();
+            assert!(loaded.events.is_empty());
+            let events = [
+                stamped(1, Audience::Everyone),
+                stamped(2, targets.clone()),
+                stamped(3, channel_only.clone()),
+                stamped(4, Audience::Everyone),
+            ];
+            store
+                .commit(&events.iter().collect::<Vec<_>>(), &[])
+                .unwrap();
+            store.commit(&[], &[EventId::new(9, 4)]).unwrap();
+        }
+        let (_, loaded) = Store::open(&scratch.0, EventId::new(77, 0)).unwrap();
+        assert_eq!(loaded.floor, EventId::new(9, 0), "the first floor is kept");
+        assert_eq!(
+            loaded.horizon,
+            Some(EventId::new(9, 4)),
+            "what was deleted counts as lost after a restart"
+        );
+        let ids: Vec<u64> = loaded.events.iter().map(|e| e.id.seq).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert_eq!(loaded.events[0].event.audience, Audience::Everyone);
+        assert_eq!(loaded.events[1].event.audience, targets);
+        assert_eq!(loaded.events[2].event.audience, channel_only);
+        assert_eq!(loaded.events[1].event.data, r#"{"seq":2}"#);
+        assert_eq!(loaded.events[1].published_at, 1_002);
+    }
+
+    #[test]
+    fn a_second_process_on_the_same_directory_is_refused() {
+        let scratch = Scratch::new("locked");
+        let (_first, _) = Store::open(&scratch.0, EventId::new(1, 0)).unwrap();
+        match Store::open(&scratch.0, EventId::new(1, 0)) {
+            Err(StoreError::Unusable(message)) => {
+                assert!(message.contains("another process"), "{message}")
+            }
+            other => panic!(
+                "expected the directory to be refused, got {:?}",
+                other.err()
+            ),
+        }
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_created_is_named() {
+        let scratch = Scratch::new("file");
+        std::fs::write(&scratch.0, b"not a directory").unwrap();
+        let error = Store::open(&scratch.0.join("sub"), EventId::new(1, 0))
+            .err()
+            .expect("a path under a file cannot be a directory");
+        assert!(
+            matches!(&error, StoreError::Unusable(m) if m.contains("DATA_DIR") && m.contains("sub")),
+            "{error:?}"
+        );
+        let _ = std::fs::remove_file(&scratch.0);
+    }
+
+    #[test]
+    fn a_damaged_file_is_reported_not_read_past() {
+        let scratch = Scratch::new("damaged");
+        {
+            let (mut store, _) = Store::open(&scratch.0, EventId::new(9, 0)).unwrap();
+            let events: Vec<Stamped> = (1..=2000)
+                .map(|seq| stamped(seq, Audience::Everyone))
+                .collect();
+            store
+                .commit(&events.iter().collect::<Vec<_>>(), &[])
+                .unwrap();
+            store
+                .connection
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                .unwrap();
+        }
+        let path = scratch.0.join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        for byte in &mut bytes[middle..middle + 4096] {
+            *byte = 0xA5;
+        }
+        std::fs::write(&path, bytes).unwrap();
+        match Store::open(&scratch.0, EventId::new(9, 0)) {
+            Err(StoreError::Damaged(message)) => {
+                assert!(message.contains("herald.db"), "{message}");
+                assert!(message.contains("move it aside"), "{message}");
+            }
+            Err(other) => panic!("expected damage to be reported, got {other:?}"),
+            Ok((_, loaded)) => panic!("a damaged file was read as {} events", loaded.events.len()),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! A real `herald` process, for the tests that need the binary itself.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::*;
+
+/// A running `herald` process, killed when dropped.
+pub struct Herald {
+    child: Child,
+    pub port: u16,
+    /// Everything the process wrote to stderr (its log).
+    log: Arc<Mutex<String>>,
+    /// Its store's directory, unless the test named one.
+    _data_dir: DataDir,
+}
+
+impl Herald {
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        Self::launch(env, &[])
+    }
+
+    /// Starts `herald` as [`start`](Self::start) does, run through `wrapper`
+    /// (a program and its arguments, such as `prlimit --fsize=N`) if given.
+    pub fn launch(env: &[(&str, &str)], wrapper: &[&str]) -> Self {
+        let data_dir = DataDir::new();
+        let mut command = match wrapper.split_first() {
+            Some((program, arguments)) => {
+                let mut command = Command::new(program);
+                command.args(arguments).arg(env!("CARGO_BIN_EXE_herald"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_herald")),
+        };
+        command
+            .env_clear()
+            .env("DATA_DIR", data_dir.path())
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("RUST_LOG", "info")
+            // Away from the project's own .env.
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("herald starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (port_tx, port_rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("Herald listening on http://127.0.0.1:").nth(1) {
+                    let _ = port_tx.send(rest.trim().parse::<u16>().unwrap());
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let port = match port_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(port) => port,
+            Err(_) => panic!("herald did not start; log:\n{}", log.lock().unwrap()),
+        };
+        Herald {
+            child,
+            port,
+            log,
+            _data_dir: data_dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn terminate(&self) {
+        // SAFETY: kill() with a child's pid has no memory effects.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+
+    /// Waits for the process to exit; returns how long it took and whether it exited cleanly.
+    pub fn wait_exit(&mut self, limit: Duration) -> (Duration, bool) {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (started.elapsed(), status.success());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("herald did not exit within {limit:?}; log:\n{}", self.log());
+    }
+
+    pub fn resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib * 1024
+    }
+
+    pub async fn stats(&self) -> Value {
+        let request = client()
+            .get(self.url("/api/stats"))
+            .bearer_auth(admin_token());
+        Answer::of(request.send()).await.into_json()
+    }
+
+    /// `POST /api/send` with `body` as JSON.
+    pub async fn publish(&self, token: &str, body: &Value) -> Answer {
+        let request = client().post(self.url("/api/send")).bearer_auth(token);
+        Answer::of(request.send_json(body)).await
+    }
+
+    pub async fn wait_for(&self, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let stats = self.stats().await;
+            if predicate(&stats) {
+                return stats;
+            }
+            assert!(Instant::now() < deadline, "{what} never happened: {stats}");
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Herald {
+    /// Ends the process at once, as a crash would, and waits for it.
+    pub fn kill_hard(&mut self) {
+        // Already gone is fine: this only makes sure it is.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,259 @@
+//! The durable store, tested on the `herald` binary with real files: a crash
+//! right after `202`, start-up faults, a full disk, and a flood.
+
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::helpers::binary::Herald;
+use crate::helpers::*;
+
+fn id_of(answer: &Answer) -> String {
+    answer.json()["id"].as_str().unwrap().to_owned()
+}
+
+/// Runs `herald` with `env` until it exits; returns whether it succeeded and
+/// its log. A server that starts instead of exiting fails the test.
+fn run_to_exit(env: &[(&str, &str)]) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("JWT_SECRET", SECRET)
+        .env("PORT", "0")
+        .envs(env.iter().copied())
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("herald runs");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "herald started instead of stopping; log:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[actix_web::test]
+async fn a_kill_right_after_the_answers_loses_nothing_and_ids_keep_increasing() {
+    let store = DataDir::new();
+    let env = [("JWT_SECRET", SECRET), ("DATA_DIR", store.path())];
+    let mut herald = Herald::start(&env);
+    let admin = admin_token();
+    let mut ids = Vec::new();
+    // Concurrent publishers share syncs; every 202 must still mean "on disk".
+    for round in 0..10 {
+        let bodies: Vec<Value> = (0..5)
+            .map(|n| json!({"user": "alice", "event": "order", "data": {"round": round, "n": n}}))
+            .collect();
+        let answers =
+            futures_util::future::join_all(bodies.iter().map(|body| herald.publish(&admin, body)))
+                .await;
+        for answer in answers {
+            assert_eq!(answer.status, 202, "{answer}");
+            ids.push(id_of(&answer));
+        }
+    }
+    let batch: Vec<Value> = (0..20)
+        .map(|n| json!({"user": "alice", "event": "batch", "data": n}))
+        .collect();
+    let answer = herald.publish(&admin, &json!(batch)).await;
+    assert_eq!(answer.status, 202);
+    ids.extend(
+        answer.json()["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|event| event["id"].as_str().unwrap().to_owned()),
+    );
+    herald.kill_hard();
+
+    let herald = Herald::start(&env);
+    let mut sorted: Vec<herald::EventId> = ids.iter().map(|id| id.parse().unwrap()).collect();
+    sorted.sort();
+    let first = sorted[0].to_string();
+    let request = client()
+        .get(herald.url("/api/events"))
+        .bearer_auth(user_token("alice", &[]))
+        .insert_header(("last-event-id", first.as_str()));
+    let mut stream = Sse::open(request).await;
+    let connected = data(&stream.next().await);
+    assert_eq!(connected["recovered"], true);
+    assert_eq!(
+        connected["replayed"].as_u64().unwrap() as usize,
+        ids.len() - 1
+    );
+    let mut replayed = Vec::new();
+    for _ in 1..ids.len() {
+        replayed.push(
+            stream
+                .next()
+                .await
+                .id
+                .unwrap()
+                .parse::<herald::EventId>()
+                .unwrap(),
+        );
+    }
+    assert_eq!(replayed, sorted[1..], "every event, in order, once");
+
+    let after = herald
+        .publish(&admin, &json!({"user": "alice", "event": "after"}))
+        .await;
+    let after: herald::EventId = id_of(&after).parse().unwrap();
+    assert!(after > *sorted.last().unwrap(), "ids keep increasing");
+}
+
+#[test]
+fn a_data_dir_that_cannot_be_created_stops_start_up_naming_it() {
+    let data = DataDir::new();
+    std::fs::write(&data.0, b"a file, not a directory").unwrap();
+    let inside = data.0.join("store");
+    let (ok, log) = run_to_exit(&[("DATA_DIR", inside.to_str().unwrap())]);
+    assert!(!ok, "herald started on an unusable DATA_DIR");
+    assert!(log.contains("DATA_DIR"), "{log}");
+    assert!(log.contains(inside.to_str().unwrap()), "{log}");
+    let _ = std::fs::remove_file(&data.0);
+}
+
+#[actix_web::test]
+async fn a_damaged_store_stops_start_up_with_a_clear_message() {
+    let data = DataDir::new();
+    let herald = Herald::start(&[
+        ("JWT_SECRET", SECRET),
+        ("DATA_DIR", data.path()),
+        ("MAX_BODY_BYTES", "2000000"),
+    ]);
+    // Enough that the write-ahead log is checkpointed into the file itself.
+    let pad = "x".repeat(1000);
+    for round in 0..8 {
+        let batch: Vec<Value> = (0..1000)
+            .map(|n| json!({"user": format!("user-{round}-{n}"), "data": {"pad": pad}}))
+            .collect();
+        assert_eq!(
+            herald.publish(&admin_token(), &json!(batch)).await.status,
+            202
+        );
+    }
+    drop(herald);
+
+    let file = data.0.join("herald.db");
+    let mut bytes = std::fs::read(&file).unwrap();
+    assert!(bytes.len() > 1 << 20, "the events reached the file");
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 8192].fill(0xA5);
+    std::fs::write(&file, bytes).unwrap();
+    let (ok, log) = run_to_exit(&[("DATA_DIR", data.path())]);
+    assert!(!ok, "herald started on a damaged store");
+    assert!(log.contains("damaged"), "{log}");
+    assert!(log.contains("herald.db"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[actix_web::test]
+async fn a_full_disk_answers_503_and_open_streams_stay_open() {
+    // A file-size limit stands in for a full disk: writes past it fail.
+    const LIMIT: u64 = 2 << 20;
+    let herald = Herald::launch(
+        &[("JWT_SECRET", SECRET), ("HEARTBEAT_INTERVAL", "0.3")],
+        &["prlimit", &format!("--fsize={LIMIT}")],
+    );
+    let request = client()
+        .get(herald.url("/api/events"))
+        .bearer_auth(user_token("alice", &[]));
+    let mut stream = Sse::open(request).await;
+    assert_eq!(stream.next().await.event, "connected");
+
+    let pad = "x".repeat(60_000);
+    let mut refused = None;
+    for n in 0..200 {
+        let answer = herald
+            .publish(
+                &admin_token(),
+                &json!({"user": "bob", "data": {"n": n, "pad": pad}}),
+            )
+            .await;
+        if answer.status != 202 {
+            refused = Some(answer);
+            break;
+        }
+    }
+    let refused = refused.expect("publishing fails once the file cannot grow");
+    assert_eq!(refused.status, 503, "{refused}");
+    assert_eq!(refused.json()["error"], "unavailable");
+
+    stream.wait_for_heartbeats(2).await;
+    let stats = herald.stats().await;
+    assert_eq!(stats["connections"], 1, "the stream is still open");
+    assert!(!herald.log().contains("panicked"), "{}", herald.log());
+}
+
+#[actix_web::test]
+async fn a_flood_of_a_million_events_keeps_memory_and_the_store_within_their_limits() {
+    const EVENTS: usize = 1_000_000;
+    const BATCH: usize = 1000;
+    const MAX_BYTES: u64 = 8 << 20;
+    let data = DataDir::new();
+    let herald = Herald::start(&[
+        ("JWT_SECRET", SECRET),
+        ("DATA_DIR", data.path()),
+        ("HISTORY_MAX_BYTES", &MAX_BYTES.to_string()),
+        ("MAX_BODY_BYTES", "1000000"),
+    ]);
+    let admin = admin_token();
+    let publish_range = |start: usize| {
+        let batch: Vec<Value> = (start..start + BATCH)
+            .map(|n| json!({"user": format!("user-{}", n % 5000), "data": n}))
+            .collect();
+        json!(batch)
+    };
+    // Warm up, so the baseline includes the server's steady-state buffers.
+    for start in (0..50 * BATCH).step_by(BATCH) {
+        assert_eq!(
+            herald.publish(&admin, &publish_range(start)).await.status,
+            202
+        );
+    }
+    let resident_before = herald.resident_bytes();
+    for start in (50 * BATCH..EVENTS).step_by(BATCH) {
+        let answer = herald.publish(&admin, &publish_range(start)).await;
+        assert_eq!(answer.status, 202, "{answer}");
+    }
+    let stats = herald.stats().await;
+    let retained_bytes = stats["history_bytes"].as_u64().unwrap();
+    assert!(retained_bytes <= MAX_BYTES, "{stats}");
+    assert!(stats["history_len"].as_u64().unwrap() > 10_000, "{stats}");
+    let growth = herald.resident_bytes().saturating_sub(resident_before);
+    println!(
+        "{EVENTS} events: {} retained in {} KiB; RSS grew {} KiB after the warm-up",
+        stats["history_len"],
+        retained_bytes >> 10,
+        growth >> 10
+    );
+    assert!(
+        growth < 2 * MAX_BYTES,
+        "memory grew by {growth} bytes past a warmed-up server"
+    );
+
+    // The store holds what memory holds, plus deletes not yet written.
+    let on_disk: u64 = std::fs::read_dir(&data.0)
+        .unwrap()
+        .map(|entry| entry.unwrap().metadata().unwrap().len())
+        .sum();
+    println!("store files: {} KiB", on_disk >> 10);
+    assert!(
+        on_disk < 4 * MAX_BYTES + (8 << 20),
+        "the store holds {on_disk} bytes"
+    );
+}
