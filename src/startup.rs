@@ -106,16 +106,17 @@ impl Application {
             }
             _ => None,
         };
+        let retention = RetentionLimits {
+            per_audience: config.history_per_audience,
+            ttl_ms: config.history_ttl.as_millis() as u64,
+            max_bytes: config.history_max_bytes,
+        };
         let broadcaster = Broadcaster::launch(
             Limits {
                 max_connections: config.max_connections,
                 max_connections_per_user: config.max_connections_per_user,
                 heartbeat_interval: config.heartbeat_interval,
-                retention: RetentionLimits {
-                    per_audience: config.history_per_audience,
-                    ttl_ms: config.history_ttl.as_millis() as u64,
-                    max_bytes: config.history_max_bytes,
-                },
+                retention,
             },
             metrics.clone(),
             store,
@@ -123,9 +124,13 @@ impl Application {
         let (bus, reader) = match &config.redis_url {
             None => (EventBus::Memory(broadcaster.clone()), None),
             Some(url) => {
-                let (bus, mut reader) =
-                    backend::redis::connect(url, &config.redis_stream_key, broadcaster.clone())
-                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                let (bus, mut reader) = backend::redis::connect(
+                    url,
+                    &config.redis_stream_key,
+                    retention,
+                    broadcaster.clone(),
+                )
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
                 if let Err(e) = reader.preload().await {
                     log::warn!("redis: unreachable at start ({e}); serving streams and catching up when it returns");
                 }

@@ -12,6 +12,7 @@
 //! and continues from its last id, so every accepted event is delivered once
 //! Redis is back (provided Redis kept it: run it with persistence).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use actix::Addr;
@@ -20,7 +21,11 @@ use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, Value};
 
 use super::BusError;
-use crate::broadcaster::{Broadcaster, CountRecipients, Deliver, Preload};
+
+use crate::broadcaster::{
+    AudienceKey, Broadcaster, CountRecipients, Deliver, Preload, RetentionLimits,
+};
+use crate::clock;
 use crate::domain::{Audience, Channel, EventId, EventName, Outgoing, Published, Stamped, UserId};
 
 /// Entries the shared flow keeps (`XADD MAXLEN ~`), and the most a node
@@ -46,6 +51,8 @@ pub(crate) struct RedisBus {
     connection: ConnectionManager,
     /// The stream's key.
     key: String,
+    /// Kept per audience stream, as in every node's memory.
+    retention: RetentionLimits,
     broadcaster: Addr<Broadcaster>,
 }
 
@@ -57,6 +64,9 @@ pub(crate) struct Reader {
     last_id: String,
     /// Whether history has been loaded; until then resumes find nothing.
     preloaded: bool,
+    /// `HISTORY_TTL_SECS` in ms: how far back an expired audience key may
+    /// have taken events unseen.
+    ttl_ms: u64,
     broadcaster: Addr<Broadcaster>,
 }
 
@@ -80,6 +90,7 @@ fn encode_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<String, BusE
 pub(crate) fn connect(
     url: &str,
     key: &str,
+    retention: RetentionLimits,
     broadcaster: Addr<Broadcaster>,
 ) -> Result<(RedisBus, Reader), String> {
     let client = Client::open(url).map_err(|e| format!("REDIS_URL {url:?}: {e}"))?;
@@ -95,42 +106,192 @@ pub(crate) fn connect(
         key: key.to_owned(),
         last_id: "0-0".into(),
         preloaded: false,
+        ttl_ms: retention.ttl_ms,
         broadcaster: broadcaster.clone(),
     };
     let bus = RedisBus {
         connection,
         key: key.to_owned(),
+        retention,
         broadcaster,
     };
     Ok((bus, reader))
 }
 
+/// Reads, for each audience stream in KEYS[2..], the newest id it trimmed
+/// (from the hash KEYS[1]; `''` when none) and its entries up to ARGV[1].
+const READ_AUDIENCES_SCRIPT: &str = r"
+local out = {}
+for i = 2, #KEYS do
+  local key = KEYS[i]
+  local trimmed = redis.call('HGET', KEYS[1], key)
+  if not trimmed then trimmed = '' end
+  out[i - 1] = {trimmed, redis.call('XRANGE', key, '-', ARGV[1])}
+end
+return out
+";
+
+/// Forgets the trimmed ids of audience streams that have expired (all they
+/// held was older than the TTL, which a starting node's horizon covers), so
+/// the hash stays as small as the set of live audiences.
+const FORGET_EXPIRED_SCRIPT: &str = r"
+local forgotten = 0
+for _, key in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('HDEL', KEYS[1], key)
+    forgotten = forgotten + 1
+  end
+end
+return forgotten
+";
+
+/// The hash of the newest id each audience stream under `flow` trimmed.
+fn trimmed_key(flow: &str) -> String {
+    format!("{flow}:trimmed")
+}
+/// Audience streams read per script call at start.
+const READ_CHUNK: usize = 100;
+/// Keys `SCAN` looks at per call.
+const SCAN_COUNT: usize = 1000;
+
+/// Appends a batch of events atomically: each to the shared flow (Redis
+/// assigns its id there) and, under the same id, to the stream of each of its
+/// audiences, which keeps that audience's retention: its newest
+/// `per_audience` entries, none older than the TTL, and the key itself
+/// expires a TTL after its last event.
+///
+/// What each audience stream trims is recorded in one hash (audience key →
+/// newest id trimmed), since Redis itself keeps no record of trimmed ids;
+/// a node that starts reads it to tell `recovered` exactly.
+///
+/// KEYS: the flow, the trimmed-ids hash, then every audience stream the batch
+/// names. ARGV: flow length, per-audience count (0: no audience streams),
+/// oldest id kept, TTL in ms, then per event: name, data, users, channels
+/// (empty strings for a broadcast), its number of audiences, and their
+/// indexes into KEYS.
+const PUBLISH_SCRIPT: &str = r"
+local flow_len, per_audience, min_id, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local ids = {}
+local at = 5
+while at <= #ARGV do
+  local fields = {'event', ARGV[at], 'data', ARGV[at + 1]}
+  if ARGV[at + 2] ~= '' or ARGV[at + 3] ~= '' then
+    table.insert(fields, 'users'); table.insert(fields, ARGV[at + 2])
+    table.insert(fields, 'channels'); table.insert(fields, ARGV[at + 3])
+  end
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', flow_len, '*', unpack(fields))
+  local audiences = tonumber(ARGV[at + 4])
+  for i = 1, audiences do
+    if per_audience > 0 then
+      local key = KEYS[tonumber(ARGV[at + 4 + i])]
+      local excess = redis.call('XLEN', key) + 1 - per_audience
+      if excess > 0 then
+        local gone = redis.call('XRANGE', key, '-', '+', 'COUNT', excess)
+        if #gone > 0 then redis.call('HSET', KEYS[2], key, gone[#gone][1]) end
+      end
+      redis.call('XADD', key, 'MAXLEN', per_audience, id, unpack(fields))
+      local aged = redis.call('XREVRANGE', key, '(' .. min_id, '-', 'COUNT', 1)
+      if #aged > 0 then
+        redis.call('HSET', KEYS[2], key, aged[1][1])
+        redis.call('XTRIM', key, 'MINID', min_id)
+      end
+      redis.call('PEXPIRE', key, ttl)
+    end
+  end
+  table.insert(ids, id)
+  at = at + 5 + audiences
+end
+if per_audience > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return ids
+";
+
+/// The Redis key of one audience's stream, under the flow's key.
+fn audience_key(flow: &str, audience: &AudienceKey) -> String {
+    match audience {
+        AudienceKey::Everyone => format!("{flow}:everyone"),
+        AudienceKey::User(user) => format!("{flow}:u:{user}"),
+        AudienceKey::Channel(channel) => format!("{flow}:c:{channel}"),
+    }
+}
+
+/// The audience a stream key under `flow` is for; `None` for other keys.
+fn parse_audience_key(flow: &str, key: &str) -> Option<AudienceKey> {
+    let rest = key.strip_prefix(flow)?.strip_prefix(':')?;
+    if rest == "everyone" {
+        return Some(AudienceKey::Everyone);
+    }
+    if let Some(user) = rest.strip_prefix("u:") {
+        return UserId::parse(user).ok().map(AudienceKey::User);
+    }
+    Channel::parse(rest.strip_prefix("c:")?)
+        .ok()
+        .map(AudienceKey::Channel)
+}
+
+/// `text` with the glob characters of `SCAN MATCH` escaped.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
 impl RedisBus {
     pub async fn publish(&self, events: Vec<Outgoing>) -> Result<Vec<Published>, BusError> {
-        let mut pipe = redis::pipe();
+        let script = redis::Script::new(PUBLISH_SCRIPT);
+        let mut invocation = script.prepare_invoke();
+        let now_ms = clock::unix_now_ms();
+        invocation
+            .key(&self.key)
+            .arg(FLOW_MAX_LEN)
+            .arg(self.retention.per_audience)
+            .arg(format!(
+                "{}-0",
+                now_ms.saturating_sub(self.retention.ttl_ms)
+            ))
+            .arg(self.retention.ttl_ms.max(1));
+        let mut keys: Vec<String> = Vec::new();
         for event in &events {
-            let command = pipe
-                .cmd("XADD")
-                .arg(&self.key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(FLOW_MAX_LEN)
-                .arg("*")
-                .arg("event")
+            let (users, channels) = match &event.audience {
+                Audience::Everyone => (String::new(), String::new()),
+                Audience::Targets { users, channels } => (
+                    encode_names(users.iter().map(UserId::as_str))?,
+                    encode_names(channels.iter().map(Channel::as_str))?,
+                ),
+            };
+            let audiences = AudienceKey::of(&event.audience);
+            invocation
                 .arg(event.name.as_str())
-                .arg("data")
-                .arg(&event.data);
-            if let Audience::Targets { users, channels } = &event.audience {
-                command
-                    .arg("users")
-                    .arg(encode_names(users.iter().map(UserId::as_str))?)
-                    .arg("channels")
-                    .arg(encode_names(channels.iter().map(Channel::as_str))?);
+                .arg(&event.data)
+                .arg(users)
+                .arg(channels)
+                .arg(audiences.len());
+            for audience in &audiences {
+                let key = audience_key(&self.key, audience);
+                let index = match keys.iter().position(|known| *known == key) {
+                    Some(index) => index,
+                    None => {
+                        keys.push(key);
+                        keys.len() - 1
+                    }
+                };
+                // KEYS[1] is the flow, KEYS[2] the trimmed-ids hash.
+                invocation.arg(index + 3);
             }
+        }
+        invocation.key(trimmed_key(&self.key));
+        for key in &keys {
+            invocation.key(key);
         }
         let mut connection = self.connection.clone();
         let ids: Vec<String> =
-            match tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(&mut connection)).await {
+            match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut connection))
+                .await
+            {
                 Ok(result) => result.map_err(unreachable)?,
                 Err(_) => return Err(BusError::Unreachable("Redis did not answer in time".into())),
             };
@@ -274,27 +435,81 @@ impl Reader {
         &mut self,
         connection: &mut MultiplexedConnection,
     ) -> Result<(), Interruption> {
-        let reply: StreamRangeReply = redis::cmd("XREVRANGE")
+        // Every event up to the flow's newest entry is in its audiences'
+        // streams (one script wrote both); what comes after arrives by `follow`.
+        let top: StreamRangeReply = redis::cmd("XREVRANGE")
             .arg(&self.key)
             .arg("+")
             .arg("-")
             .arg("COUNT")
-            .arg(FLOW_MAX_LEN)
+            .arg(1)
             .query_async(connection)
             .await?;
-        let events = decode_all(reply.ids.iter().rev());
-        let newest = reply.ids.first().map(|entry| entry.id.clone());
+        let top = top.ids.first().map(|entry| entry.id.clone());
+        let mut audiences: Vec<(AudienceKey, String)> = Vec::new();
+        let pattern = format!("{}:*", glob_escape(&self.key));
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(connection)
+                .await?;
+            audiences.extend(keys.into_iter().filter_map(|key| {
+                parse_audience_key(&self.key, &key).map(|audience| (audience, key))
+            }));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let _: u64 = redis::Script::new(FORGET_EXPIRED_SCRIPT)
+            .key(trimmed_key(&self.key))
+            .invoke_async(connection)
+            .await?;
+        let mut events: BTreeMap<EventId, Stamped> = BTreeMap::new();
+        let mut lost: Vec<(AudienceKey, EventId)> = Vec::new();
+        if let Some(top) = &top {
+            let script = redis::Script::new(READ_AUDIENCES_SCRIPT);
+            for chunk in audiences.chunks(READ_CHUNK) {
+                let mut invocation = script.prepare_invoke();
+                invocation.arg(top).key(trimmed_key(&self.key));
+                for (_, key) in chunk {
+                    invocation.key(key);
+                }
+                let replies: Vec<(String, StreamRangeReply)> =
+                    invocation.invoke_async(connection).await?;
+                for ((audience, _), (deleted, range)) in chunk.iter().zip(replies) {
+                    if let Ok(deleted) = deleted.parse::<EventId>() {
+                        lost.push((audience.clone(), deleted));
+                    }
+                    for event in decode_all(range.ids.iter()) {
+                        events.entry(event.id).or_insert(event);
+                    }
+                }
+            }
+        }
+        let count = events.len();
+        // Anything older than the TTL may have expired with its key unseen.
+        let horizon = EventId::new(clock::unix_now_ms().saturating_sub(self.ttl_ms), 0);
         self.broadcaster
-            .send(Preload { events })
+            .send(Preload {
+                events: events.into_values().collect(),
+                lost,
+                horizon,
+            })
             .await
             .map_err(|_| BroadcasterStopped)?;
-        if let Some(newest) = newest {
-            self.last_id = newest;
+        if let Some(top) = top {
+            self.last_id = top;
         }
         self.preloaded = true;
         log::info!(
-            "redis: preloaded {} entries of history (continuing after {})",
-            reply.ids.len(),
+            "redis: preloaded {count} retained events from {} audiences (continuing after {})",
+            audiences.len(),
             self.last_id
         );
         Ok(())
@@ -401,7 +616,7 @@ mod tests {
     use actix::{Actor, Arbiter};
 
     use super::*;
-    use crate::broadcaster::{Limits, RetentionLimits};
+    use crate::broadcaster::Limits;
     use crate::metrics::Metrics;
 
     /// A bare `redis-server` on a free port, killed on drop (the integration
@@ -453,6 +668,14 @@ mod tests {
         }
     }
 
+    fn limits_retention() -> RetentionLimits {
+        RetentionLimits {
+            per_audience: 10,
+            ttl_ms: 60_000,
+            max_bytes: 1 << 20,
+        }
+    }
+
     fn broadcast(name: &str) -> Outgoing {
         Outgoing {
             name: EventName::parse(name).unwrap(),
@@ -471,17 +694,15 @@ mod tests {
             max_connections: 10,
             max_connections_per_user: 10,
             heartbeat_interval: Duration::from_secs(15),
-            retention: RetentionLimits {
-                per_audience: 10,
-                ttl_ms: 60_000,
-                max_bytes: 1 << 20,
-            },
+            retention: limits_retention(),
         };
         let broadcaster = Broadcaster::start_in_arbiter(&arbiter.handle(), |_| {
             Broadcaster::in_memory(limits, Arc::new(Metrics::default()))
         });
         let url = format!("redis://127.0.0.1:{}", server.1);
-        let (bus, mut reader) = connect(&url, "herald-test", broadcaster.clone()).unwrap();
+        let retention = limits_retention();
+        let (bus, mut reader) =
+            connect(&url, "herald-test", retention, broadcaster.clone()).unwrap();
         bus.publish(vec![broadcast("before")]).await.unwrap();
         reader.preload().await.unwrap();
 

@@ -337,12 +337,15 @@ impl Hub {
 
     /// Fills history with events that came before this node started, without
     /// delivering them (a shared flow's retained events).
-    pub fn preload(&mut self, events: Vec<Stamped>) {
+    pub fn preload(
+        &mut self,
+        events: Vec<Stamped>,
+        lost: Vec<(AudienceKey, EventId)>,
+        horizon: EventId,
+    ) {
         if self.retention.newest().is_none() {
-            // What the flow kept is where this node's history begins.
-            if let Some(first) = events.first() {
-                self.retention.rebase(first.id, false);
-            }
+            // Shared-flow ids are cluster-wide: none is from "before" this node.
+            self.retention.rebase(EventId::new(0, 0), false);
         }
         for stamped in events {
             let frame = sse::event(
@@ -357,6 +360,15 @@ impl Hub {
                 stamped.published_at,
             );
         }
+        self.preload_losses(lost, horizon);
+    }
+
+    /// What a shared flow says its audiences lost before this node started.
+    fn preload_losses(&mut self, lost: Vec<(AudienceKey, EventId)>, horizon: EventId) {
+        for (audience, id) in lost {
+            self.retention.lost_by(audience, id);
+        }
+        self.retention.lost_up_to(horizon);
     }
 
     /// Loads what a durable store held at start: history begins at its

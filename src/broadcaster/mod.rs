@@ -20,7 +20,7 @@ pub(crate) use hub::{
     ClientId, ConnectError, Connected, HistoryEntry, HistoryPage, Hub, Limits, NewStream,
 };
 pub(crate) use outbox::{ClientStream, ConnectionSocket, Outbox};
-pub(crate) use retention::RetentionLimits;
+pub(crate) use retention::{AudienceKey, RetentionLimits};
 
 use crate::clock;
 use crate::domain::{Audience, Channel, EventId, Outgoing, Published, Stamped, UserId};
@@ -62,11 +62,15 @@ struct Committed {
 }
 
 /// Fills history with events that came before this node started, without
-/// delivering them (a shared flow's retained events).
+/// delivering them (a shared flow's retained events, oldest first), with what
+/// each audience had already lost, and the id before which anything may have
+/// expired unseen.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Preload {
     pub events: Vec<Stamped>,
+    pub lost: Vec<(AudienceKey, EventId)>,
+    pub horizon: EventId,
 }
 
 /// How many streams each audience would reach on this node now.
@@ -311,7 +315,7 @@ impl Handler<Preload> for Broadcaster {
     type Result = ();
 
     fn handle(&mut self, msg: Preload, _: &mut Context<Self>) {
-        self.hub.preload(msg.events);
+        self.hub.preload(msg.events, msg.lost, msg.horizon);
     }
 }
 

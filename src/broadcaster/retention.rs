@@ -181,7 +181,7 @@ impl Retention {
             log.ids.push_back(id);
             if log.ids.len() > self.limits.per_audience {
                 if let Some(oldest) = log.ids.pop_front() {
-                    log.evicted_up_to = Some(oldest);
+                    log.evicted_up_to = log.evicted_up_to.max(Some(oldest));
                     Self::unlist(
                         &mut self.events,
                         &mut self.bytes,
@@ -287,6 +287,13 @@ impl Retention {
     pub(crate) fn rebase(&mut self, floor: EventId, track_evicted: bool) {
         self.floor = floor;
         self.track_evicted = track_evicted;
+    }
+
+    /// Records that `audience` lost every event up to `lost` (what a shared
+    /// store says it trimmed before this node started).
+    pub(crate) fn lost_by(&mut self, audience: AudienceKey, lost: EventId) {
+        let log = self.audiences.entry(audience).or_default();
+        log.evicted_up_to = log.evicted_up_to.max(Some(lost));
     }
 
     /// Counts everything up to `lost` as lost by every audience (what a

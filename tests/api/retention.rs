@@ -1,9 +1,11 @@
-//! Per-audience retention, seen through resume and `GET /api/history`.
+//! Per-audience retention, seen through resume and `GET /api/history`, on
+//! one node and on several sharing Redis.
 
 use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use crate::helpers::redis::Redis;
 use crate::helpers::*;
 
 /// `GET /api/history?query` with `token`.
@@ -259,4 +261,94 @@ async fn a_batch_to_several_targets_is_retained_once_for_each_reader() {
         .map(|e| e["event"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["shared", "start"]);
+}
+
+/// Entries in the Redis stream `key`.
+async fn stream_length(redis: &Redis, key: &str) -> u64 {
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    ::redis::cmd("XLEN")
+        .arg(key)
+        .query_async(&mut connection)
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn with_redis_the_offline_user_gets_her_events_on_any_node_even_one_started_later() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (redis.node(&[]).await, redis.node(&[]).await);
+    let alice = user_token("alice", &[]);
+    // Tells when B has read everything from the shared flow.
+    let (mut watcher, _) = b.subscribe(&user_token("watcher", &[]), "").await;
+    let seen = id_of(&a.send(json!({"event": "hello"})).await);
+    let mut personal = Vec::new();
+    for n in 0..3 {
+        personal.push(id_of(
+            &a.send(json!({"user": "alice", "event": "personal", "data": {"n": n}}))
+                .await,
+        ));
+        broadcast(&a, 10_000).await;
+    }
+    let marker = id_of(&a.send(json!({"user": "watcher", "event": "marker"})).await);
+    while watcher.next().await.id.as_deref() != Some(marker.as_str()) {}
+    // B heard all of it live; C starts now and knows only what Redis kept.
+    let c = redis.node(&[]).await;
+    for node in [&b, &c] {
+        let (mut stream, connected) = node.resume(&alice, "", &seen).await;
+        assert_eq!(connected["recovered"], false, "broadcasts were evicted");
+        let replayed = connected["replayed"].as_u64().unwrap() as usize;
+        assert_eq!(replayed, 1003, "her own three and the newest broadcasts");
+        let mut own = Vec::new();
+        for _ in 0..replayed {
+            let frame = stream.next().await;
+            if frame.event == "personal" {
+                own.push(frame.id.unwrap());
+            }
+        }
+        assert_eq!(own, personal, "each once, in order");
+        let listed = whole_history(node, &alice, 500).await;
+        assert_eq!(listed.len(), 1003);
+
+        let (_, connected) = node.resume(&alice, "", &personal[2]).await;
+        assert_eq!(connected["replayed"], 1000);
+        assert_eq!(
+            connected["recovered"], false,
+            "broadcasts after her last event were evicted too"
+        );
+    }
+    // Nothing lost after the newest event: recovered on the late node too,
+    // once it has read that event.
+    let (mut on_c, _) = c.subscribe(&alice, "").await;
+    let newest = id_of(&a.send(json!({"user": "alice", "event": "last"})).await);
+    assert_eq!(on_c.next().await.id.as_deref(), Some(newest.as_str()));
+    let (_, connected) = c.resume(&alice, "", &newest).await;
+    assert_eq!(connected["recovered"], true);
+
+    // Redis keeps what the limits allow, per audience.
+    assert_eq!(stream_length(&redis, "herald:events:everyone").await, 1000);
+    assert_eq!(stream_length(&redis, "herald:events:u:alice").await, 4);
+    assert!(stream_length(&redis, "herald:events").await <= 12_000);
+    assert_eq!(stream_length(&redis, "herald:events:u:watcher").await, 1);
+}
+
+#[actix_web::test]
+async fn with_redis_a_restarted_node_resumes_a_quiet_user_exactly() {
+    let Some(redis) = Redis::start() else { return };
+    let a = redis.node(&[("HISTORY_PER_AUDIENCE", "5")]).await;
+    let alice = user_token("alice", &[]);
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        ids.push(id_of(&a.send(json!({"user": "alice", "data": n})).await));
+    }
+    a.stop().await;
+    let restarted = redis.node(&[("HISTORY_PER_AUDIENCE", "5")]).await;
+    let (mut stream, connected) = restarted.resume(&alice, "", &ids[2]).await;
+    assert_eq!(connected["recovered"], true, "only 0 to 2 were trimmed");
+    assert_eq!(connected["replayed"], 5);
+    for id in &ids[3..] {
+        assert_eq!(stream.next().await.id.as_deref(), Some(id.as_str()));
+    }
+    let (_, connected) = restarted.resume(&alice, "", &ids[1]).await;
+    assert_eq!(connected["recovered"], false, "event 2 was trimmed");
 }
