@@ -71,6 +71,62 @@ async fn an_event_published_to_the_user_shows_its_name_id_and_data() {
 }
 
 #[actix_web::test]
+async fn the_page_lists_recent_notifications_then_goes_live_without_repeats() {
+    let server = spawn(&[("DEMO_LOGIN", "true")]).await;
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let mut earlier = Vec::new();
+    for n in 0..3 {
+        let answer = server
+            .send(json!({"event": "update", "user": "alice", "data": {"n": n}}))
+            .await;
+        earlier.push(answer["id"].as_str().unwrap().to_owned());
+    }
+    server
+        .send(json!({"event": "update", "user": "bob", "data": "not hers"}))
+        .await;
+    browser.sign_in(&server, "alice", false).await;
+    browser.wait_until_connected().await;
+
+    for id in &earlier {
+        let item = format!("#events li.event-earlier[data-id=\"{id}\"]");
+        browser.wait_for_element(&item).await;
+    }
+    assert_eq!(
+        browser.text("#stream-replayed").await,
+        "0",
+        "nothing missed"
+    );
+    let live = server
+        .send(json!({"event": "update", "user": "alice", "data": "live"}))
+        .await;
+    let live = live["id"].as_str().unwrap().to_owned();
+    browser
+        .wait_for_element(&format!("#events li[data-id=\"{live}\"]"))
+        .await;
+    let mut shown: Vec<String> = browser
+        .run(
+            "return [...document.querySelectorAll('#events li')].map(li => li.dataset.id)",
+            json!([]),
+        )
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect();
+    shown.reverse();
+    let mut expected = earlier.clone();
+    expected.push(live);
+    assert_eq!(
+        shown, expected,
+        "oldest to newest, each once, nothing of bob's"
+    );
+    browser.close().await;
+}
+
+#[actix_web::test]
 async fn an_event_for_another_user_is_not_shown() {
     let server = spawn(&[("DEMO_LOGIN", "true")]).await;
     let Some(browser) = Browser::start().await else {
