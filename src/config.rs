@@ -13,6 +13,7 @@ pub const DEFAULT_PORT: u16 = 3001;
 pub const DEFAULT_SSE_RETRY_MS: u64 = 5000;
 pub const DEFAULT_HEARTBEAT_SECS: f64 = 15.0;
 pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 5;
+pub const DEFAULT_TOKEN_EXPIRY_WARNING_SECS: u64 = 60;
 pub const DEFAULT_AUTH_COOKIE_NAME: &str = "herald_token";
 pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 16;
 pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 64;
@@ -65,6 +66,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     pub jwt: JwtConfig,
     pub auth_cookie_name: String,
+    /// Seconds before a token's `exp` that its streams get `token-expiring`.
+    pub token_expiry_warning_secs: u64,
     pub max_connections: usize,
     pub max_connections_per_user: usize,
     pub max_channels_per_connection: usize,
@@ -236,6 +239,8 @@ impl Config {
             sse_retry_ms: parsed("SSE_RETRY_TIMEOUT")?.unwrap_or(DEFAULT_SSE_RETRY_MS),
             heartbeat_interval: seconds("HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_SECS)?,
             jwt,
+            token_expiry_warning_secs: parsed("TOKEN_EXPIRY_WARNING_SECS")?
+                .unwrap_or(DEFAULT_TOKEN_EXPIRY_WARNING_SECS),
             auth_cookie_name: get("AUTH_COOKIE_NAME")
                 .unwrap_or_else(|| DEFAULT_AUTH_COOKIE_NAME.into()),
             max_connections: match parsed("MAX_CONNECTIONS")? {
@@ -338,6 +343,7 @@ mod tests {
         assert_eq!(config.max_body_bytes, 65536);
         assert_eq!(config.max_batch, 1000);
         assert_eq!(config.history_per_audience, 1000);
+        assert_eq!(config.token_expiry_warning_secs, 60);
         assert_eq!(config.history_ttl, Duration::from_secs(86_400));
         assert_eq!(config.storage, Storage::Disk("./herald-data".into()));
         assert!(config.is_development() && config.demo_login);

@@ -116,6 +116,7 @@ impl Application {
                 max_connections: config.max_connections,
                 max_connections_per_user: config.max_connections_per_user,
                 heartbeat_interval: config.heartbeat_interval,
+                expiry_warning_secs: config.token_expiry_warning_secs,
                 retention,
             },
             metrics.clone(),

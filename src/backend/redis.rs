@@ -694,6 +694,7 @@ mod tests {
             max_connections: 10,
             max_connections_per_user: 10,
             heartbeat_interval: Duration::from_secs(15),
+            expiry_warning_secs: 60,
             retention: limits_retention(),
         };
         let broadcaster = Broadcaster::start_in_arbiter(&arbiter.handle(), |_| {

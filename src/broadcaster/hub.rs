@@ -40,6 +40,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_user: usize,
     pub heartbeat_interval: Duration,
+    /// Seconds before a token's `exp` that its streams get `token-expiring`.
+    pub expiry_warning_secs: u64,
     pub retention: RetentionLimits,
 }
 
@@ -54,6 +56,9 @@ pub struct NewStream {
     /// epoch, the clock leeway included): the stream gets `token-expired`
     /// and ends then.
     pub valid_until: u64,
+    /// The token's `exp`: `token-expiring` names it, `TOKEN_EXPIRY_WARNING_SECS`
+    /// before it.
+    pub expires_at: u64,
     pub outbox: Arc<Outbox>,
 }
 
@@ -64,6 +69,15 @@ pub enum ConnectError {
     ShuttingDown,
     /// A fault of the server's own, with its cause.
     Internal(String),
+}
+
+/// Why a stream's token could not be replaced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RefreshError {
+    /// No such stream here, or it is another user's.
+    NotFound,
+    /// The new token does not allow this channel of the stream.
+    ChannelNotAllowed(Channel),
 }
 
 /// What the stream starts with.
@@ -88,6 +102,10 @@ struct Client {
     user: UserId,
     /// When the token stops being valid (see [`NewStream::valid_until`]).
     valid_until: u64,
+    /// The token's `exp`, which the `token-expiring` warning names.
+    expires_at: u64,
+    /// When the `token-expiring` warning is due, until it has been sent.
+    warn_at: Option<u64>,
     channels: Box<[Channel]>,
     outbox: Arc<Outbox>,
     /// The fan-out pass that last delivered to this client, so a client that
@@ -131,6 +149,9 @@ pub struct Hub {
     channels: HashMap<Channel, HashSet<ClientId>>,
     /// Every stream by when its token stops being valid, soonest first.
     expiries: BTreeSet<(u64, ClientId)>,
+    /// Streams by when their `token-expiring` warning is due, soonest first;
+    /// removed once sent.
+    warnings: BTreeSet<(u64, ClientId)>,
     /// The retained events of every audience, for resume and `/api/history`.
     retention: Retention,
     /// This process's id epoch (the in-memory event flow).
@@ -160,6 +181,7 @@ impl Hub {
             users: HashMap::new(),
             channels: HashMap::new(),
             expiries: BTreeSet::new(),
+            warnings: BTreeSet::new(),
             retention: Retention::new(limits.retention, EventId::new(epoch, 0), false),
             epoch,
             next_seq: 1,
@@ -184,7 +206,7 @@ impl Hub {
     /// Registers a stream, queueing `connected` and any replay before live
     /// events. Replay and registration happen in this one call, so no live
     /// event can fall between them or be sent twice.
-    pub fn connect(&mut self, stream: NewStream) -> Result<Connected, ConnectError> {
+    pub fn connect(&mut self, stream: NewStream, now: u64) -> Result<Connected, ConnectError> {
         if self.draining {
             return Err(ConnectError::ShuttingDown);
         }
@@ -236,12 +258,18 @@ impl Hub {
                 .insert(stream.id);
         }
         self.expiries.insert((stream.valid_until, stream.id));
+        let warn_at = stream
+            .expires_at
+            .saturating_sub(self.limits.expiry_warning_secs);
+        self.warnings.insert((warn_at, stream.id));
         self.opened += 1;
         self.clients.insert(
             stream.id,
             Client {
                 user: stream.user,
                 valid_until: stream.valid_until,
+                expires_at: stream.expires_at,
+                warn_at: Some(warn_at),
                 channels: stream.channels.into(),
                 outbox: stream.outbox,
                 last_pass: 0,
@@ -251,6 +279,8 @@ impl Hub {
         self.metrics
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
+        // Opened inside the warning window: warned at once, after the replay.
+        self.warn(now);
         Ok(Connected {
             replayed,
             recovered,
@@ -264,6 +294,9 @@ impl Hub {
         };
         client.outbox.finish();
         self.expiries.remove(&(client.valid_until, id));
+        if let Some(warn_at) = client.warn_at {
+            self.warnings.remove(&(warn_at, id));
+        }
         if let Some(streams) = self.users.get_mut(&client.user) {
             streams.retain(|other| *other != id);
             if streams.is_empty() {
@@ -452,6 +485,7 @@ impl Hub {
     /// Ends every stream whose token is no longer valid at `now`, after a
     /// `token-expired` event. Returns how many were ended.
     pub fn expire(&mut self, now: u64) -> usize {
+        self.warn(now);
         let mut ended = 0;
         while let Some(&(valid_until, id)) = self.expiries.first() {
             if valid_until > now {
@@ -468,6 +502,57 @@ impl Hub {
             self.expiries.remove(&(valid_until, id));
         }
         ended
+    }
+
+    /// Sends `token-expiring` to every stream whose warning is due at `now`.
+    fn warn(&mut self, now: u64) {
+        while let Some(&(warn_at, id)) = self.warnings.first() {
+            if warn_at > now {
+                break;
+            }
+            self.warnings.remove(&(warn_at, id));
+            if let Some(client) = self.clients.get_mut(&id) {
+                client.warn_at = None;
+                let data = format!(r#"{{"expires_at":{}}}"#, client.expires_at);
+                client
+                    .outbox
+                    .push_unbounded(sse::event(None, "token-expiring", &data), false);
+            }
+        }
+    }
+
+    /// Moves a stream's expiry to a fresh token's (`expires_at` its `exp`,
+    /// `valid_until` with the leeway), without closing it. The token must be
+    /// `user`'s and allow every channel of the stream (`allows`).
+    pub fn refresh(
+        &mut self,
+        id: ClientId,
+        user: &UserId,
+        allows: impl Fn(&Channel) -> bool,
+        expires_at: u64,
+        valid_until: u64,
+        now: u64,
+    ) -> Result<(), RefreshError> {
+        let client = match self.clients.get_mut(&id) {
+            // Another user's stream is reported as unknown: no probing.
+            Some(client) if client.user == *user => client,
+            _ => return Err(RefreshError::NotFound),
+        };
+        if let Some(denied) = client.channels.iter().find(|channel| !allows(channel)) {
+            return Err(RefreshError::ChannelNotAllowed(denied.clone()));
+        }
+        self.expiries.remove(&(client.valid_until, id));
+        if let Some(warn_at) = client.warn_at.take() {
+            self.warnings.remove(&(warn_at, id));
+        }
+        client.valid_until = valid_until;
+        client.expires_at = expires_at;
+        let warn_at = expires_at.saturating_sub(self.limits.expiry_warning_secs);
+        client.warn_at = Some(warn_at);
+        self.expiries.insert((valid_until, id));
+        self.warnings.insert((warn_at, id));
+        self.warn(now);
+        Ok(())
     }
 
     /// Queues a heartbeat on every stream and forgets those that are gone.
@@ -628,6 +713,7 @@ mod tests {
             max_connections: 100,
             max_connections_per_user: 3,
             heartbeat_interval: Duration::from_secs(15),
+            expiry_warning_secs: 60,
             retention: RetentionLimits {
                 per_audience: 100,
                 ttl_ms: 3_600_000,
@@ -657,14 +743,18 @@ mod tests {
     ) -> Result<(ClientId, Arc<Outbox>, Connected), ConnectError> {
         let id = ClientId::random();
         let outbox = Outbox::new(10);
-        let connected = hub.connect(NewStream {
-            id,
-            user: user(name),
-            channels: channels.iter().map(|c| channel(c)).collect(),
-            last_event_id: last_event_id.map(str::to_owned),
-            valid_until: u64::MAX,
-            outbox: outbox.clone(),
-        })?;
+        let connected = hub.connect(
+            NewStream {
+                id,
+                user: user(name),
+                channels: channels.iter().map(|c| channel(c)).collect(),
+                last_event_id: last_event_id.map(str::to_owned),
+                valid_until: u64::MAX,
+                expires_at: u64::MAX,
+                outbox: outbox.clone(),
+            },
+            0,
+        )?;
         Ok((id, outbox, connected))
     }
 
@@ -752,14 +842,18 @@ mod tests {
         let mut hub = hub();
         let outbox = Outbox::new(10);
         // A token with exp = 100 admitted under a 5-second leeway is valid until 105.
-        hub.connect(NewStream {
-            id: ClientId::random(),
-            user: user("alice"),
-            channels: Vec::new(),
-            last_event_id: None,
-            valid_until: 105,
-            outbox: outbox.clone(),
-        })
+        hub.connect(
+            NewStream {
+                id: ClientId::random(),
+                user: user("alice"),
+                channels: Vec::new(),
+                last_event_id: None,
+                valid_until: 105,
+                expires_at: 100,
+                outbox: outbox.clone(),
+            },
+            0,
+        )
         .unwrap();
         received(&outbox);
 
@@ -767,7 +861,11 @@ mod tests {
         assert_eq!(hub.expire(104), 0);
         assert!(outbox.is_open());
         assert_eq!(hub.expire(105), 1);
-        assert_eq!(names(&received(&outbox)), ["token-expired"]);
+        assert_eq!(
+            names(&received(&outbox)),
+            ["token-expiring", "token-expired"],
+            "warned once, at exp minus the warning, then ended"
+        );
         assert!(!outbox.is_open());
         assert_eq!(hub.snapshot().connections, 0);
         assert_eq!(hub.expire(200), 0, "an ended stream is not ended twice");
@@ -916,5 +1014,78 @@ mod tests {
             ids,
             [Some("7-1".into()), Some("7-2".into()), Some("7-3".into())]
         );
+    }
+
+    /// Opens a stream for `alice` on `news` whose token expires at `exp`
+    /// (with no leeway), at `now`.
+    fn open_expiring(hub: &mut Hub, exp: u64, now: u64) -> (ClientId, Arc<Outbox>) {
+        let id = ClientId::random();
+        let outbox = Outbox::new(10);
+        hub.connect(
+            NewStream {
+                id,
+                user: user("alice"),
+                channels: vec![channel("news")],
+                last_event_id: None,
+                valid_until: exp,
+                expires_at: exp,
+                outbox: outbox.clone(),
+            },
+            now,
+        )
+        .unwrap();
+        (id, outbox)
+    }
+
+    #[test]
+    fn a_stream_opened_inside_the_warning_window_is_warned_at_once_and_once() {
+        let mut hub = hub();
+        let (_, outbox) = open_expiring(&mut hub, 1_030, 1_000);
+        let frames = received(&outbox);
+        assert_eq!(names(&frames), ["connected", "token-expiring"]);
+        assert_eq!(frames[1].data, r#"{"expires_at":1030}"#);
+        hub.expire(1_010);
+        assert!(received(&outbox).is_empty(), "one warning per token");
+    }
+
+    #[test]
+    fn a_refreshed_stream_outlives_its_first_token_and_is_warned_again() {
+        let mut hub = hub();
+        let (id, outbox) = open_expiring(&mut hub, 1_100, 1_000);
+        assert_eq!(names(&received(&outbox)), ["connected"]);
+        hub.expire(1_050);
+        assert_eq!(names(&received(&outbox)), ["token-expiring"]);
+
+        let news_only = |c: &Channel| c.as_str() == "news";
+        assert_eq!(
+            hub.refresh(id, &user("bob"), news_only, 2_000, 2_000, 1_060),
+            Err(RefreshError::NotFound),
+            "another user's stream is unknown"
+        );
+        assert_eq!(
+            hub.refresh(id, &user("alice"), |_| false, 2_000, 2_000, 1_060),
+            Err(RefreshError::ChannelNotAllowed(channel("news")))
+        );
+        assert_eq!(
+            hub.refresh(
+                ClientId::random(),
+                &user("alice"),
+                news_only,
+                2_000,
+                2_000,
+                1_060
+            ),
+            Err(RefreshError::NotFound)
+        );
+        hub.refresh(id, &user("alice"), news_only, 2_000, 2_000, 1_060)
+            .unwrap();
+
+        assert_eq!(hub.expire(1_500), 0, "the first token's exp has passed");
+        assert!(outbox.is_open());
+        assert!(received(&outbox).is_empty());
+        hub.expire(1_940);
+        assert_eq!(names(&received(&outbox)), ["token-expiring"]);
+        assert_eq!(hub.expire(2_000), 1);
+        assert_eq!(names(&received(&outbox)), ["token-expired"]);
     }
 }

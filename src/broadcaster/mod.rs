@@ -18,12 +18,15 @@ use actix::prelude::*;
 
 pub(crate) use hub::{
     ClientId, ConnectError, Connected, HistoryEntry, HistoryPage, Hub, Limits, NewStream,
+    RefreshError,
 };
 pub(crate) use outbox::{ClientStream, ConnectionSocket, Outbox};
 pub(crate) use retention::{AudienceKey, RetentionLimits};
 
 use crate::clock;
-use crate::domain::{Audience, Channel, EventId, Outgoing, Published, Stamped, UserId};
+use crate::domain::{
+    Audience, Channel, ChannelPattern, EventId, Outgoing, Published, Stamped, UserId,
+};
 use crate::metrics::{Metrics, Snapshot};
 use crate::store::{Loaded, Store, StoreError, Writer};
 
@@ -31,6 +34,18 @@ use crate::store::{Loaded, Store, StoreError, Writer};
 #[derive(Message)]
 #[rtype(result = "Result<Connected, ConnectError>")]
 pub(crate) struct Connect(pub NewStream);
+
+/// Moves a stream's expiry to a fresh token's without closing it.
+#[derive(Message)]
+#[rtype(result = "Result<(), RefreshError>")]
+pub(crate) struct Refresh {
+    pub id: ClientId,
+    pub user: UserId,
+    /// The fresh token's `channels` claim.
+    pub patterns: Vec<ChannelPattern>,
+    pub expires_at: u64,
+    pub valid_until: u64,
+}
 
 /// A stream is gone. Idempotent.
 #[derive(Message)]
@@ -236,7 +251,22 @@ impl Handler<Connect> for Broadcaster {
     type Result = Result<Connected, ConnectError>;
 
     fn handle(&mut self, msg: Connect, _: &mut Context<Self>) -> Self::Result {
-        self.hub.connect(msg.0)
+        self.hub.connect(msg.0, clock::unix_now())
+    }
+}
+
+impl Handler<Refresh> for Broadcaster {
+    type Result = Result<(), RefreshError>;
+
+    fn handle(&mut self, msg: Refresh, _: &mut Context<Self>) -> Self::Result {
+        self.hub.refresh(
+            msg.id,
+            &msg.user,
+            |channel| msg.patterns.iter().any(|pattern| pattern.allows(channel)),
+            msg.expires_at,
+            msg.valid_until,
+            clock::unix_now(),
+        )
     }
 }
 

@@ -109,6 +109,7 @@ pub(super) async fn subscribe(
         channels,
         last_event_id,
         valid_until: identity.valid_until,
+        expires_at: identity.expires_at,
         outbox: outbox.clone(),
     });
     let preamble = sse::retry(state.config.sse_retry_ms);

@@ -6,6 +6,7 @@ mod events;
 mod health;
 mod history;
 mod publish;
+mod streams;
 
 use std::sync::Arc;
 
@@ -77,6 +78,11 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         Endpoint::new(Method::GET, "/api/events", events::subscribe),
         Endpoint::new(Method::GET, "/api/history", history::list),
         Endpoint::new(Method::POST, "/api/send", publish::send),
+        Endpoint::new(
+            Method::POST,
+            "/api/streams/{client_id}/token",
+            streams::refresh_token,
+        ),
         Endpoint::new(Method::GET, "/api/stats", health::stats),
         Endpoint::new(Method::GET, "/metrics", health::metrics),
         Endpoint::new(Method::GET, "/healthz", health::healthz),

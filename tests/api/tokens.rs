@@ -156,7 +156,7 @@ async fn a_stream_admitted_by_the_leeway_lasts_until_exp_plus_the_leeway() {
         .await;
     let frames = stream.until_end().await;
     let names: Vec<&str> = frames.iter().map(|f| f.event.as_str()).collect();
-    assert_eq!(names, ["token-expired"]);
+    assert_eq!(names, ["token-expiring", "token-expired"]);
     assert!(
         now() >= exp + 3,
         "the stream ended at {}, before exp + leeway ({})",

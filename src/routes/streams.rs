@@ -1,0 +1,35 @@
+//! `POST /api/streams/{client_id}/token`: give an open stream a fresh token,
+//! so it outlives the one it was opened with.
+
+use actix_web::{web, HttpResponse};
+
+use super::AppState;
+use crate::auth::Identity;
+use crate::broadcaster::{ClientId, Refresh, RefreshError};
+use crate::domain::truncate_for_message;
+use crate::error::ApiError;
+
+pub(super) async fn refresh_token(
+    path: web::Path<String>,
+    identity: Identity,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    // Not a stream id at all: as unknown as one that never existed.
+    let id = uuid::Uuid::parse_str(&path.into_inner()).map_err(|_| ApiError::NotFound)?;
+    let refresh = Refresh {
+        id: ClientId(id),
+        user: identity.user,
+        patterns: identity.channel_patterns,
+        expires_at: identity.expires_at,
+        valid_until: identity.valid_until,
+    };
+    match state.broadcaster.send(refresh).await {
+        Ok(Ok(())) => Ok(HttpResponse::NoContent().finish()),
+        Ok(Err(RefreshError::NotFound)) => Err(ApiError::NotFound),
+        Ok(Err(RefreshError::ChannelNotAllowed(channel))) => Err(ApiError::Forbidden(format!(
+            "the new token does not allow channel {:?} of this stream",
+            truncate_for_message(channel.as_str())
+        ))),
+        Err(_) => Err(ApiError::Unavailable("the server is shutting down".into())),
+    }
+}
