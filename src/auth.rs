@@ -27,6 +27,8 @@ pub enum TokenSource {
     Header,
     Cookie,
     Query,
+    /// A stream ticket (`?ticket=`), spent in place of the token that bought it.
+    Ticket,
 }
 
 /// The claims Herald reads. Unknown claims are ignored.

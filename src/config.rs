@@ -14,6 +14,7 @@ pub const DEFAULT_SSE_RETRY_MS: u64 = 5000;
 pub const DEFAULT_HEARTBEAT_SECS: f64 = 15.0;
 pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 5;
 pub const DEFAULT_TOKEN_EXPIRY_WARNING_SECS: u64 = 60;
+pub const DEFAULT_TICKET_TTL_SECS: u64 = 30;
 pub const DEFAULT_AUTH_COOKIE_NAME: &str = "herald_token";
 pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 16;
 pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 64;
@@ -68,6 +69,8 @@ pub struct Config {
     pub auth_cookie_name: String,
     /// Seconds before a token's `exp` that its streams get `token-expiring`.
     pub token_expiry_warning_secs: u64,
+    /// How long a stream ticket may wait to be spent.
+    pub ticket_ttl: Duration,
     pub max_connections: usize,
     pub max_connections_per_user: usize,
     pub max_channels_per_connection: usize,
@@ -239,6 +242,10 @@ impl Config {
             sse_retry_ms: parsed("SSE_RETRY_TIMEOUT")?.unwrap_or(DEFAULT_SSE_RETRY_MS),
             heartbeat_interval: seconds("HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_SECS)?,
             jwt,
+            ticket_ttl: Duration::from_secs(positive(
+                "TICKET_TTL_SECS",
+                DEFAULT_TICKET_TTL_SECS as usize,
+            )? as u64),
             token_expiry_warning_secs: parsed("TOKEN_EXPIRY_WARNING_SECS")?
                 .unwrap_or(DEFAULT_TOKEN_EXPIRY_WARNING_SECS),
             auth_cookie_name: get("AUTH_COOKIE_NAME")
@@ -344,6 +351,7 @@ mod tests {
         assert_eq!(config.max_batch, 1000);
         assert_eq!(config.history_per_audience, 1000);
         assert_eq!(config.token_expiry_warning_secs, 60);
+        assert_eq!(config.ticket_ttl, Duration::from_secs(30));
         assert_eq!(config.history_ttl, Duration::from_secs(86_400));
         assert_eq!(config.storage, Storage::Disk("./herald-data".into()));
         assert!(config.is_development() && config.demo_login);

@@ -17,6 +17,7 @@
 //! - [`metrics`]: counters, `/api/stats` and `/metrics`.
 //! - [`store`]: the durable store of a single node (SQLite under `DATA_DIR`)
 //!   and its writer thread, which commits concurrent publishes together.
+//! - [`tickets`]: single-use stream tickets, so no token need be in a URL.
 //! - [`startup`]: `Application`: bind, start, serve, stop.
 //!
 //! # The path of an event
@@ -48,6 +49,7 @@ mod routes;
 pub mod sse;
 mod startup;
 mod store;
+mod tickets;
 
 // What the binary, the tests and the examples use; everything else is private.
 pub use auth::{TokenSource, Verifier};

@@ -18,6 +18,7 @@ use crate::domain::EventId;
 use crate::metrics::Metrics;
 use crate::routes::{self, AppState};
 use crate::store::Store;
+use crate::tickets::Tickets;
 
 /// Extra seconds past the drain window before remaining connections are cut.
 const SHUTDOWN_GRACE_SECS: u64 = 3;
@@ -71,7 +72,11 @@ fn redact_uri(uri: &http::Uri) -> String {
     let redacted: Vec<String> = query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if key.eq_ignore_ascii_case("token") => format!("{key}=[redacted]"),
+            Some((key, _))
+                if key.eq_ignore_ascii_case("token") || key.eq_ignore_ascii_case("ticket") =>
+            {
+                format!("{key}=[redacted]")
+            }
             _ => pair.to_owned(),
         })
         .collect();
@@ -139,8 +144,15 @@ impl Application {
                 (EventBus::Redis(bus), Some(task.abort_handle()))
             }
         };
+        let tickets = match &bus {
+            EventBus::Memory(_) => Tickets::in_memory(),
+            EventBus::Redis(redis) => {
+                Tickets::in_redis(redis.connection().clone(), &config.redis_stream_key)
+            }
+        };
         let config = Arc::new(config);
         let state = web::Data::new(AppState {
+            tickets,
             config: config.clone(),
             broadcaster: broadcaster.clone(),
             bus,
@@ -250,13 +262,13 @@ mod tests {
 
     #[test]
     fn access_log_uris_never_carry_a_token() {
-        let uri: http::Uri = "/api/events?channel=a&token=eyJ.secret.sig&TOKEN=x"
+        let uri: http::Uri = "/api/events?channel=a&token=eyJ.secret.sig&TOKEN=x&ticket=t0"
             .parse()
             .unwrap();
         let logged = redact_uri(&uri);
         assert_eq!(
             logged,
-            "/api/events?channel=a&token=[redacted]&TOKEN=[redacted]"
+            "/api/events?channel=a&token=[redacted]&TOKEN=[redacted]&ticket=[redacted]"
         );
         assert!(!logged.contains("secret"));
     }

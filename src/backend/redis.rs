@@ -309,6 +309,11 @@ impl RedisBus {
             .collect())
     }
 
+    /// The shared connection, for other cluster-wide state (stream tickets).
+    pub fn connection(&self) -> &ConnectionManager {
+        &self.connection
+    }
+
     pub async fn healthy(&self) -> Result<(), BusError> {
         let mut connection = self.connection.clone();
         match tokio::time::timeout(

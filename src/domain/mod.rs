@@ -206,6 +206,15 @@ impl ChannelPattern {
     }
 }
 
+impl fmt::Display for ChannelPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(channel) => f.write_str(channel.as_str()),
+            Self::Prefix(prefix) => write!(f, "{prefix}*"),
+        }
+    }
+}
+
 /// Keeps error messages short and free of control characters when they quote input.
 pub fn truncate_for_message(raw: &str) -> String {
     raw.chars()

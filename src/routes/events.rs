@@ -74,10 +74,15 @@ pub(super) fn allowed_channels(
 
 pub(super) async fn subscribe(
     req: HttpRequest,
-    identity: Identity,
+    token: Result<Identity, ApiError>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query_pairs(&req)?;
+    // A ticket, when given, is what the stream is opened with.
+    let identity = match query.iter().find(|(key, _)| key == "ticket") {
+        Some((_, ticket)) => state.tickets.redeem(ticket).await?,
+        None => token?,
+    };
     let channels = allowed_channels(&query, &identity, state.config.max_channels_per_connection)?;
     let last_event_id = req
         .headers()

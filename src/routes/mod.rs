@@ -7,6 +7,7 @@ mod health;
 mod history;
 mod publish;
 mod streams;
+mod tickets;
 
 use std::sync::Arc;
 
@@ -23,6 +24,8 @@ use crate::metrics::Metrics;
 /// What every handler may use, registered once as app data.
 pub(crate) struct AppState {
     pub config: Arc<Config>,
+    /// Stream tickets bought and not yet spent.
+    pub tickets: crate::tickets::Tickets,
     pub broadcaster: Addr<Broadcaster>,
     pub bus: EventBus,
     pub metrics: Arc<Metrics>,
@@ -83,6 +86,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             "/api/streams/{client_id}/token",
             streams::refresh_token,
         ),
+        Endpoint::new(Method::POST, "/api/tickets", tickets::buy),
         Endpoint::new(Method::GET, "/api/stats", health::stats),
         Endpoint::new(Method::GET, "/metrics", health::metrics),
         Endpoint::new(Method::GET, "/healthz", health::healthz),

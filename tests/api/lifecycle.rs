@@ -101,3 +101,76 @@ async fn a_refresh_is_refused_for_another_user_a_narrower_token_or_an_unknown_st
     let wide = user_token("alice", &["*"]);
     assert_eq!(refresh(&server, client_id, &wide).await.status, 204);
 }
+
+/// `POST /api/tickets` with `token` as Bearer.
+async fn buy_ticket(server: &TestServer, token: &str) -> Answer {
+    let request = server
+        .client()
+        .post(server.url("/api/tickets"))
+        .bearer_auth(token);
+    Answer::of(request.send()).await
+}
+
+/// `GET /api/events?ticket=…&query`, with no token at all.
+async fn open_with_ticket(server: &TestServer, ticket: &str, query: &str) -> Sse {
+    let url = server.url(&format!("/api/events?ticket={ticket}&{query}"));
+    Sse::open(server.client().get(url)).await
+}
+
+#[actix_web::test]
+async fn a_ticket_opens_one_stream_with_its_tokens_identity_and_only_once() {
+    let server = spawn(&[]).await;
+    let bought = buy_ticket(&server, &user_token("alice", &["team-1.*"])).await;
+    assert_eq!(bought.status, 201, "{bought}");
+    assert_eq!(bought.json()["expires_in"], 30);
+    let ticket = bought.json()["ticket"].as_str().unwrap().to_owned();
+
+    let mut stream = open_with_ticket(&server, &ticket, "channel=team-1.news").await;
+    assert_eq!(stream.status, 200);
+    let connected = data(&stream.next().await);
+    assert_eq!(connected["user"], "alice");
+    assert_eq!(connected["channels"], json!(["team-1.news"]));
+    let sent = server
+        .send(json!({"channel": "team-1.news", "event": "via-ticket"}))
+        .await;
+    assert_eq!(stream.next().await.id.as_deref(), sent["id"].as_str());
+
+    let again = open_with_ticket(&server, &ticket, "").await;
+    assert_eq!(again.status, 401, "a ticket is spent once");
+    let forged = open_with_ticket(&server, &"0".repeat(64), "").await;
+    assert_eq!(forged.status, 401);
+    let other = buy_ticket(&server, &user_token("bob", &[])).await;
+    let other = other.json()["ticket"].as_str().unwrap().to_owned();
+    let refused = open_with_ticket(&server, &other, "channel=team-1.news").await;
+    assert_eq!(
+        refused.status, 403,
+        "the ticket has its token's channel allowance"
+    );
+}
+
+#[actix_web::test]
+async fn a_late_ticket_is_refused() {
+    let server = spawn(&[("TICKET_TTL_SECS", "1")]).await;
+    let bought = buy_ticket(&server, &user_token("alice", &[])).await;
+    let ticket = bought.json()["ticket"].as_str().unwrap().to_owned();
+    // Nothing to await: a ticket's lifetime is a duration.
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let late = open_with_ticket(&server, &ticket, "").await;
+    assert_eq!(late.status, 401);
+}
+
+#[actix_web::test]
+async fn a_ticket_bought_on_one_node_opens_a_stream_on_another_once() {
+    let Some(redis) = crate::helpers::redis::Redis::start() else {
+        return;
+    };
+    let (a, b) = (redis.node(&[]).await, redis.node(&[]).await);
+    let bought = buy_ticket(&a, &user_token("alice", &[])).await;
+    assert_eq!(bought.status, 201);
+    let ticket = bought.json()["ticket"].as_str().unwrap().to_owned();
+    let mut stream = open_with_ticket(&b, &ticket, "").await;
+    assert_eq!(stream.status, 200);
+    assert_eq!(data(&stream.next().await)["user"], "alice");
+    assert_eq!(open_with_ticket(&a, &ticket, "").await.status, 401);
+    assert_eq!(open_with_ticket(&b, &ticket, "").await.status, 401);
+}
