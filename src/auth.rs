@@ -41,6 +41,8 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
@@ -63,6 +65,11 @@ pub struct Identity {
     /// that admitted it. A stream opened with it lasts until then; one rule
     /// for accepting a token and for ending its stream.
     pub valid_until: u64,
+    /// The token's `iat`, when it has one (revoking a user refuses tokens
+    /// issued before the revocation).
+    pub issued_at: Option<u64>,
+    /// The token's `jti`, when it has one (a single token can be revoked).
+    pub token_id: Option<String>,
     pub source: TokenSource,
 }
 
@@ -222,6 +229,8 @@ impl Verifier {
             channel_patterns,
             expires_at,
             valid_until: expires_at.saturating_add(self.leeway_secs),
+            issued_at: claims.iat,
+            token_id: claims.jti,
             source,
         })
     }
@@ -248,6 +257,7 @@ impl Verifier {
             exp: (now + ttl_secs) as f64,
             nbf: None,
             iat: Some(now),
+            jti: None,
             aud: self.audience.clone().map(serde_json::Value::String),
             iss: self.issuer.clone(),
             roles: if admin {
@@ -267,6 +277,8 @@ pub struct Auth {
     pub cookie_name: String,
     /// Origins besides the server's own that may use cookie auth on writes.
     pub allowed_origins: Vec<String>,
+    /// Users and tokens cut off by `POST /api/revoke`.
+    pub revocations: std::sync::Arc<crate::revocations::Revocations>,
 }
 
 /// Finds the token: `Authorization: Bearer`, then the cookie, then `?token=`.
@@ -331,7 +343,11 @@ fn identify(req: &HttpRequest) -> Result<Identity, ApiError> {
                 .into(),
         ));
     }
-    auth.verifier.verify(&token, source)
+    let identity = auth.verifier.verify(&token, source)?;
+    if auth.revocations.refuses(&identity, unix_now()) {
+        return Err(ApiError::TokenRevoked);
+    }
+    Ok(identity)
 }
 
 impl FromRequest for Identity {
@@ -438,6 +454,7 @@ mod tests {
             exp: exp as f64,
             nbf: None,
             iat: None,
+            jti: None,
             aud: None,
             iss: None,
             roles: Vec::new(),

@@ -15,6 +15,7 @@ pub const DEFAULT_HEARTBEAT_SECS: f64 = 15.0;
 pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 5;
 pub const DEFAULT_TOKEN_EXPIRY_WARNING_SECS: u64 = 60;
 pub const DEFAULT_TICKET_TTL_SECS: u64 = 30;
+pub const DEFAULT_REVOKE_TTL_SECS: u64 = 86_400;
 pub const DEFAULT_AUTH_COOKIE_NAME: &str = "herald_token";
 pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 16;
 pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 64;
@@ -71,6 +72,8 @@ pub struct Config {
     pub token_expiry_warning_secs: u64,
     /// How long a stream ticket may wait to be spent.
     pub ticket_ttl: Duration,
+    /// How long a revocation refuses the tokens it covers.
+    pub revoke_ttl_secs: u64,
     pub max_connections: usize,
     pub max_connections_per_user: usize,
     pub max_channels_per_connection: usize,
@@ -242,6 +245,7 @@ impl Config {
             sse_retry_ms: parsed("SSE_RETRY_TIMEOUT")?.unwrap_or(DEFAULT_SSE_RETRY_MS),
             heartbeat_interval: seconds("HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_SECS)?,
             jwt,
+            revoke_ttl_secs: positive("REVOKE_TTL_SECS", DEFAULT_REVOKE_TTL_SECS as usize)? as u64,
             ticket_ttl: Duration::from_secs(positive(
                 "TICKET_TTL_SECS",
                 DEFAULT_TICKET_TTL_SECS as usize,
@@ -352,6 +356,7 @@ mod tests {
         assert_eq!(config.history_per_audience, 1000);
         assert_eq!(config.token_expiry_warning_secs, 60);
         assert_eq!(config.ticket_ttl, Duration::from_secs(30));
+        assert_eq!(config.revoke_ttl_secs, 86_400);
         assert_eq!(config.history_ttl, Duration::from_secs(86_400));
         assert_eq!(config.storage, Storage::Disk("./herald-data".into()));
         assert!(config.is_development() && config.demo_login);

@@ -11,6 +11,8 @@ pub enum ApiError {
     MissingToken,
     InvalidToken(String),
     TokenExpired,
+    /// The token's user, or the token itself, was revoked.
+    TokenRevoked,
     Forbidden(String),
     BadRequest(String),
     NotFound,
@@ -35,6 +37,7 @@ impl ApiError {
             Self::MissingToken => "missing_token",
             Self::InvalidToken(_) => "invalid_token",
             Self::TokenExpired => "token_expired",
+            Self::TokenRevoked => "token_revoked",
             Self::Forbidden(_) => "forbidden",
             Self::BadRequest(_) => "bad_request",
             Self::NotFound => "not_found",
@@ -54,6 +57,7 @@ impl ApiError {
                 .into(),
             Self::InvalidToken(why) => format!("the token is not valid: {why}"),
             Self::TokenExpired => "the token has expired".into(),
+            Self::TokenRevoked => "the token was revoked; sign in again for a new one".into(),
             Self::PayloadTooLarge(limit) => format!("the body is larger than {limit} bytes"),
             Self::UnsupportedMediaType => {
                 "the body must be sent as Content-Type: application/json".into()
@@ -78,9 +82,10 @@ impl std::fmt::Display for ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::MissingToken | Self::InvalidToken(_) | Self::TokenExpired => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::MissingToken
+            | Self::InvalidToken(_)
+            | Self::TokenExpired
+            | Self::TokenRevoked => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,

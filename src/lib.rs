@@ -17,6 +17,7 @@
 //! - [`metrics`]: counters, `/api/stats` and `/metrics`.
 //! - [`store`]: the durable store of a single node (SQLite under `DATA_DIR`)
 //!   and its writer thread, which commits concurrent publishes together.
+//! - [`revocations`]: revoked users and tokens, checked on every request.
 //! - [`tickets`]: single-use stream tickets, so no token need be in a URL.
 //! - [`startup`]: `Application`: bind, start, serve, stop.
 //!
@@ -45,6 +46,7 @@ mod config;
 mod domain;
 mod error;
 mod metrics;
+mod revocations;
 mod routes;
 pub mod sse;
 mod startup;

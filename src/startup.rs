@@ -16,6 +16,7 @@ use crate::clock;
 use crate::config::{open_file_limit, Config, Storage};
 use crate::domain::EventId;
 use crate::metrics::Metrics;
+use crate::revocations::{Revocation, Revocations};
 use crate::routes::{self, AppState};
 use crate::store::Store;
 use crate::tickets::Tickets;
@@ -90,18 +91,27 @@ impl Application {
         let generated_secret = config.is_development().then(|| random_hex(32));
         let verifier = Verifier::new(&config.jwt, generated_secret.as_deref())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let revocations = Arc::new(Revocations::new(config.revoke_ttl_secs));
         let auth = web::Data::new(Auth {
             verifier,
             cookie_name: config.auth_cookie_name.clone(),
             allowed_origins: config.cors_allowed_origins.clone(),
+            revocations: revocations.clone(),
         });
         let metrics = Arc::new(Metrics::default());
         let store = match (&config.redis_url, &config.storage) {
             (None, Storage::Disk(dir)) => {
                 let floor = EventId::new(clock::unix_now_ms(), 0);
-                let (store, loaded) = Store::open(dir, floor).map_err(|e| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
-                })?;
+                let revocations_since = clock::unix_now().saturating_sub(config.revoke_ttl_secs);
+                let (store, mut loaded) =
+                    Store::open(dir, floor, revocations_since).map_err(|e| {
+                        std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+                    })?;
+                for (key, at) in std::mem::take(&mut loaded.revocations) {
+                    if let Some(revocation) = Revocation::from_key(&key) {
+                        revocations.record(revocation, at);
+                    }
+                }
                 log::info!(
                     "history: {} events loaded from {}",
                     loaded.events.len(),
@@ -134,6 +144,7 @@ impl Application {
                     url,
                     &config.redis_stream_key,
                     retention,
+                    revocations.clone(),
                     broadcaster.clone(),
                 )
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -153,6 +164,7 @@ impl Application {
         let config = Arc::new(config);
         let state = web::Data::new(AppState {
             tickets,
+            revocations,
             config: config.clone(),
             broadcaster: broadcaster.clone(),
             bus,

@@ -63,6 +63,8 @@ pub(crate) struct Loaded {
     /// The newest event ever deleted from the store: what each audience lost
     /// is not stored, so a resume from before it counts as not recovered.
     pub horizon: Option<EventId>,
+    /// Revocations still in force: (key, when made).
+    pub revocations: Vec<(String, u64)>,
 }
 
 /// The database, owned by the writer thread once the server runs.
@@ -107,7 +109,11 @@ fn split<T>(joined: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<B
 
 impl Store {
     /// Opens (or creates) the store in `dir` and reads everything in it.
-    pub(crate) fn open(dir: &Path, new_floor: EventId) -> Result<(Self, Loaded), StoreError> {
+    pub(crate) fn open(
+        dir: &Path,
+        new_floor: EventId,
+        revocations_since: u64,
+    ) -> Result<(Self, Loaded), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unusable(format!("DATA_DIR {} cannot be created: {e}", dir.display()))
         })?;
@@ -139,6 +145,10 @@ impl Store {
                      published_at INTEGER NOT NULL,
                      PRIMARY KEY (epoch, seq)
                  ) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS revocations (
+                     key TEXT PRIMARY KEY,
+                     at INTEGER NOT NULL
+                 ) WITHOUT ROWID;
                  CREATE TABLE IF NOT EXISTS meta (
                      key TEXT PRIMARY KEY,
                      value INTEGER NOT NULL
@@ -164,12 +174,14 @@ impl Store {
         let horizon = store.read_horizon()?;
         store.horizon = horizon;
         let events = store.load()?;
+        let revocations = store.load_revocations(revocations_since)?;
         Ok((
             store,
             Loaded {
                 events,
                 floor,
                 horizon,
+                revocations,
             },
         ))
     }
@@ -213,6 +225,25 @@ impl Store {
             )
             .optional()
             .map_err(|e| failed(&self.path, &e))
+    }
+
+    /// The revocations made at or after `since`; older ones are deleted.
+    fn load_revocations(&mut self, since: u64) -> Result<Vec<(String, u64)>, StoreError> {
+        let path = self.path.clone();
+        let fail = |e: rusqlite::Error| failed(&path, &e);
+        self.connection
+            .execute("DELETE FROM revocations WHERE at < ?1", [since as i64])
+            .map_err(fail)?;
+        let mut statement = self
+            .connection
+            .prepare("SELECT key, at FROM revocations")
+            .map_err(fail)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+            })
+            .map_err(fail)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(fail)
     }
 
     fn load(&mut self) -> Result<Vec<Stamped>, StoreError> {
@@ -263,9 +294,14 @@ impl Store {
         Ok(events)
     }
 
-    /// Appends `events` and deletes `evicted` in one transaction, on disk
-    /// when this returns.
-    fn commit(&mut self, events: &[&Stamped], evicted: &[EventId]) -> Result<(), StoreError> {
+    /// Appends `events`, records `revocations` (key, when) and deletes
+    /// `evicted` in one transaction, on disk when this returns.
+    fn commit(
+        &mut self,
+        events: &[&Stamped],
+        revocations: &[(String, u64)],
+        evicted: &[EventId],
+    ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let fail = |e: rusqlite::Error| failed(&path, &e);
         let transaction = self.connection.transaction().map_err(fail)?;
@@ -295,6 +331,12 @@ impl Store {
                         stamped.published_at as i64,
                     ])
                     .map_err(fail)?;
+            }
+            let mut revoke = transaction
+                .prepare_cached("INSERT OR REPLACE INTO revocations (key, at) VALUES (?1, ?2)")
+                .map_err(fail)?;
+            for (key, at) in revocations {
+                revoke.execute(params![key, *at as i64]).map_err(fail)?;
             }
             let mut delete = transaction
                 .prepare_cached("DELETE FROM events WHERE epoch = ?1 AND seq = ?2")
@@ -330,6 +372,11 @@ enum Command {
     },
     /// Delete these events with the next transaction.
     Delete(Vec<EventId>),
+    /// Record a revocation (key, when); answer once it is on disk.
+    Revoke {
+        revocation: (String, u64),
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// Events the writer has put on disk, in id order, for the Broadcaster to
@@ -368,7 +415,7 @@ impl Writer {
                         if evicted.is_empty() {
                             return;
                         }
-                        match store.commit(&[], &evicted) {
+                        match store.commit(&[], &[], &evicted) {
                             Ok(()) => {
                                 evicted.clear();
                                 waiting_since = None;
@@ -384,12 +431,16 @@ impl Writer {
                         continue;
                     };
                     let mut appends = Vec::new();
+                    let mut revocations = Vec::new();
                     let mut next = Some(first);
                     // Whatever queued up during the last sync shares this one.
                     while let Some(command) = next.take() {
                         match command {
                             Command::Append { events, reply } => appends.push((events, reply)),
                             Command::Delete(ids) => evicted.extend(ids),
+                            Command::Revoke { revocation, reply } => {
+                                revocations.push((revocation, reply));
+                            }
                         }
                         if appends.len() < MAX_GROUP {
                             next = inbox.try_recv().ok();
@@ -400,25 +451,31 @@ impl Writer {
                     }
                     let deletes_due = evicted.len() >= DELETE_BATCH
                         || waiting_since.is_some_and(|since| since.elapsed() >= DELETE_DELAY);
-                    if appends.is_empty() && !deletes_due {
+                    if appends.is_empty() && revocations.is_empty() && !deletes_due {
                         continue;
                     }
                     let events: Vec<&Stamped> =
                         appends.iter().flat_map(|(events, _)| events).collect();
-                    match store.commit(&events, &evicted) {
+                    let revoked: Vec<(String, u64)> =
+                        revocations.iter().map(|(r, _)| r.clone()).collect();
+                    match store.commit(&events, &revoked, &evicted) {
                         Ok(()) => {
                             evicted.clear();
                             waiting_since = None;
                             let (groups, replies): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
                             on_committed(groups.into_iter().flatten().collect());
-                            for reply in replies {
+                            for reply in replies
+                                .into_iter()
+                                .chain(revocations.into_iter().map(|(_, reply)| reply))
+                            {
                                 // A publisher that went away needs no answer.
                                 let _ = reply.send(Ok(()));
                             }
                         }
                         Err(error) => {
                             log::error!("store: {error}");
-                            for (_, reply) in appends {
+                            let replies = appends.into_iter().map(|(_, reply)| reply);
+                            for reply in replies.chain(revocations.into_iter().map(|(_, r)| r)) {
                                 let _ = reply.send(Err(error.clone()));
                             }
                         }
@@ -436,6 +493,17 @@ impl Writer {
     ) -> Result<(), StoreError> {
         self.commands
             .send(Command::Append { events, reply })
+            .map_err(|_| StoreError::Stopped)
+    }
+
+    /// Queues a revocation to record; the answer comes through `reply`.
+    pub(crate) fn revoke(
+        &self,
+        revocation: (String, u64),
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    ) -> Result<(), StoreError> {
+        self.commands
+            .send(Command::Revoke { revocation, reply })
             .map_err(|_| StoreError::Stopped)
     }
 
@@ -497,7 +565,7 @@ mod tests {
             channels: vec![Channel::parse("news").unwrap()].into(),
         };
         {
-            let (mut store, loaded) = Store::open(&scratch.0, EventId::new(9, 0)).unwrap();
+            let (mut store, loaded) = Store::open(&scratch.0, EventId::new(9, 0), 0).unwrap();
             assert!(loaded.events.is_empty());
             let events = [
                 stamped(1, Audience::Everyone),
@@ -506,12 +574,15 @@ mod tests {
                 stamped(4, Audience::Everyone),
             ];
             store
-                .commit(&events.iter().collect::<Vec<_>>(), &[])
+                .commit(&events.iter().collect::<Vec<_>>(), &[], &[])
                 .unwrap();
-            store.commit(&[], &[EventId::new(9, 4)]).unwrap();
+            store
+                .commit(&[], &[("u:alice".into(), 50)], &[EventId::new(9, 4)])
+                .unwrap();
         }
-        let (_, loaded) = Store::open(&scratch.0, EventId::new(77, 0)).unwrap();
+        let (_, loaded) = Store::open(&scratch.0, EventId::new(77, 0), 0).unwrap();
         assert_eq!(loaded.floor, EventId::new(9, 0), "the first floor is kept");
+        assert_eq!(loaded.revocations, [("u:alice".to_owned(), 50)]);
         assert_eq!(
             loaded.horizon,
             Some(EventId::new(9, 4)),
@@ -529,8 +600,8 @@ mod tests {
     #[test]
     fn a_second_process_on_the_same_directory_is_refused() {
         let scratch = Scratch::new("locked");
-        let (_first, _) = Store::open(&scratch.0, EventId::new(1, 0)).unwrap();
-        match Store::open(&scratch.0, EventId::new(1, 0)) {
+        let (_first, _) = Store::open(&scratch.0, EventId::new(1, 0), 0).unwrap();
+        match Store::open(&scratch.0, EventId::new(1, 0), 0) {
             Err(StoreError::Unusable(message)) => {
                 assert!(message.contains("another process"), "{message}")
             }
@@ -545,7 +616,7 @@ mod tests {
     fn a_directory_that_cannot_be_created_is_named() {
         let scratch = Scratch::new("file");
         std::fs::write(&scratch.0, b"not a directory").unwrap();
-        let error = Store::open(&scratch.0.join("sub"), EventId::new(1, 0))
+        let error = Store::open(&scratch.0.join("sub"), EventId::new(1, 0), 0)
             .err()
             .expect("a path under a file cannot be a directory");
         assert!(
@@ -559,12 +630,12 @@ mod tests {
     fn a_damaged_file_is_reported_not_read_past() {
         let scratch = Scratch::new("damaged");
         {
-            let (mut store, _) = Store::open(&scratch.0, EventId::new(9, 0)).unwrap();
+            let (mut store, _) = Store::open(&scratch.0, EventId::new(9, 0), 0).unwrap();
             let events: Vec<Stamped> = (1..=2000)
                 .map(|seq| stamped(seq, Audience::Everyone))
                 .collect();
             store
-                .commit(&events.iter().collect::<Vec<_>>(), &[])
+                .commit(&events.iter().collect::<Vec<_>>(), &[], &[])
                 .unwrap();
             store
                 .connection
@@ -578,7 +649,7 @@ mod tests {
             *byte = 0xA5;
         }
         std::fs::write(&path, bytes).unwrap();
-        match Store::open(&scratch.0, EventId::new(9, 0)) {
+        match Store::open(&scratch.0, EventId::new(9, 0), 0) {
             Err(StoreError::Damaged(message)) => {
                 assert!(message.contains("herald.db"), "{message}");
                 assert!(message.contains("move it aside"), "{message}");

@@ -42,6 +42,10 @@ struct Bearer {
     channels: Vec<String>,
     exp: u64,
     valid_until: u64,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
+    jti: Option<String>,
 }
 
 impl Bearer {
@@ -56,6 +60,8 @@ impl Bearer {
                 .collect(),
             exp: identity.expires_at,
             valid_until: identity.valid_until,
+            iat: identity.issued_at,
+            jti: identity.token_id.clone(),
         }
     }
 
@@ -71,6 +77,8 @@ impl Bearer {
                 .ok()?,
             expires_at: self.exp,
             valid_until: self.valid_until,
+            issued_at: self.iat,
+            token_id: self.jti,
             source: TokenSource::Ticket,
         })
     }
@@ -196,6 +204,8 @@ mod tests {
             channel_patterns: vec![ChannelPattern::parse("team-1.*").unwrap()],
             expires_at: 2_000_000_000,
             valid_until: 2_000_000_005,
+            issued_at: Some(1_999_999_000),
+            token_id: Some("t-1".into()),
             source: TokenSource::Header,
         }
     }

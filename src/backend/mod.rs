@@ -10,8 +10,9 @@ use std::fmt;
 
 use actix::Addr;
 
-use crate::broadcaster::{Broadcaster, Publish};
+use crate::broadcaster::{Broadcaster, Publish, Revoke};
 use crate::domain::{Outgoing, Published};
+use crate::revocations::Revocation;
 use crate::store::StoreError;
 
 /// Why the event flow could not take events.
@@ -58,6 +59,26 @@ impl EventBus {
                 Ok(Err(error)) => Err(BusError::NotWritten(error.to_string())),
             },
             Self::Redis(bus) => bus.publish(events).await,
+        }
+    }
+
+    /// Records a revocation where the flow keeps state (the durable store, or
+    /// Redis) and ends the streams it covers (on every node, with Redis).
+    pub async fn revoke(&self, revocation: Revocation, at: u64) -> Result<(), BusError> {
+        match self {
+            Self::Memory(broadcaster) => {
+                let revoke = Revoke {
+                    revocation,
+                    at,
+                    persist: true,
+                };
+                match broadcaster.send(revoke).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(StoreError::Stopped)) | Err(_) => Err(BusError::Stopped),
+                    Ok(Err(error)) => Err(BusError::NotWritten(error.to_string())),
+                }
+            }
+            Self::Redis(bus) => bus.revoke(&revocation, at).await,
         }
     }
 

@@ -13,6 +13,7 @@
 //! Redis is back (provided Redis kept it: run it with persistence).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
@@ -23,10 +24,11 @@ use redis::{AsyncConnectionConfig, Client, Value};
 use super::BusError;
 
 use crate::broadcaster::{
-    AudienceKey, Broadcaster, CountRecipients, Deliver, Preload, RetentionLimits,
+    AudienceKey, Broadcaster, CountRecipients, Deliver, Preload, RetentionLimits, Revoke,
 };
 use crate::clock;
 use crate::domain::{Audience, Channel, EventId, EventName, Outgoing, Published, Stamped, UserId};
+use crate::revocations::{Revocation, Revocations};
 
 /// Entries the shared flow keeps (`XADD MAXLEN ~`), and the most a node
 /// loads into its history at start.
@@ -67,6 +69,8 @@ pub(crate) struct Reader {
     /// `HISTORY_TTL_SECS` in ms: how far back an expired audience key may
     /// have taken events unseen.
     ttl_ms: u64,
+    /// This node's copy of the revocations in force, kept up to date.
+    revocations: Arc<Revocations>,
     broadcaster: Addr<Broadcaster>,
 }
 
@@ -91,6 +95,7 @@ pub(crate) fn connect(
     url: &str,
     key: &str,
     retention: RetentionLimits,
+    revocations: Arc<Revocations>,
     broadcaster: Addr<Broadcaster>,
 ) -> Result<(RedisBus, Reader), String> {
     let client = Client::open(url).map_err(|e| format!("REDIS_URL {url:?}: {e}"))?;
@@ -107,6 +112,7 @@ pub(crate) fn connect(
         last_id: "0-0".into(),
         preloaded: false,
         ttl_ms: retention.ttl_ms,
+        revocations,
         broadcaster: broadcaster.clone(),
     };
     let bus = RedisBus {
@@ -144,6 +150,11 @@ for _, key in ipairs(redis.call('HKEYS', KEYS[1])) do
 end
 return forgotten
 ";
+
+/// The hash of revocations (`Revocation::key` → when) under `flow`.
+fn revoked_key(flow: &str) -> String {
+    format!("{flow}:revoked")
+}
 
 /// The hash of the newest id each audience stream under `flow` trimmed.
 fn trimmed_key(flow: &str) -> String {
@@ -309,6 +320,37 @@ impl RedisBus {
             .collect())
     }
 
+    /// Records a revocation in Redis and tells every node (this one
+    /// included) through the flow to end the streams it covers.
+    pub async fn revoke(&self, revocation: &Revocation, at: u64) -> Result<(), BusError> {
+        let key = revocation.key();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HSET")
+            .arg(revoked_key(&self.key))
+            .arg(&key)
+            .arg(at)
+            .ignore()
+            .cmd("XADD")
+            .arg(&self.key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(FLOW_MAX_LEN)
+            .arg("*")
+            .arg("control")
+            .arg("revoke")
+            .arg("key")
+            .arg(&key)
+            .arg("at")
+            .arg(at)
+            .ignore();
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut connection)).await {
+            Ok(result) => result.map_err(unreachable),
+            Err(_) => Err(BusError::Unreachable("Redis did not answer in time".into())),
+        }
+    }
+
     /// The shared connection, for other cluster-wide state (stream tickets).
     pub fn connection(&self) -> &ConnectionManager {
         &self.connection
@@ -383,8 +425,34 @@ fn decode(entry: &StreamId) -> Option<Stamped> {
     })
 }
 
+/// A flow entry that tells every node to do something rather than deliver.
+#[derive(Debug, PartialEq, Eq)]
+enum Control {
+    /// End the streams a revocation covers and refuse its tokens.
+    Revoke(Revocation, u64),
+}
+
+/// Reads a control entry; `None` for anything else.
+fn decode_control(entry: &StreamId) -> Option<Control> {
+    let text = |field: &str| -> Option<String> {
+        match entry.map.get(field)? {
+            Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+            Value::SimpleString(text) => Some(text.clone()),
+            _ => None,
+        }
+    };
+    match text("control")?.as_str() {
+        "revoke" => Some(Control::Revoke(
+            Revocation::from_key(&text("key")?)?,
+            text("at")?.parse().ok()?,
+        )),
+        _ => None,
+    }
+}
+
 fn decode_all<'a>(entries: impl Iterator<Item = &'a StreamId>) -> Vec<Stamped> {
     entries
+        .filter(|entry| !entry.map.contains_key("control"))
         .filter_map(|entry| {
             let event = decode(entry);
             if event.is_none() {
@@ -440,6 +508,7 @@ impl Reader {
         &mut self,
         connection: &mut MultiplexedConnection,
     ) -> Result<(), Interruption> {
+        self.load_revocations(connection).await?;
         // Every event up to the flow's newest entry is in its audiences'
         // streams (one script wrote both); what comes after arrives by `follow`.
         let top: StreamRangeReply = redis::cmd("XREVRANGE")
@@ -529,6 +598,52 @@ impl Reader {
             .await
     }
 
+    /// Carries out a control entry on this node.
+    async fn apply(&self, control: Control) -> Result<(), BroadcasterStopped> {
+        match control {
+            Control::Revoke(revocation, at) => {
+                self.revocations.record(revocation.clone(), at);
+                let revoke = Revoke {
+                    revocation,
+                    at,
+                    persist: false,
+                };
+                // Nothing to persist here: Redis keeps the revocation.
+                let _ = self
+                    .broadcaster
+                    .send(revoke)
+                    .await
+                    .map_err(|_| BroadcasterStopped)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the revocations Redis keeps, forgetting those past their time.
+    async fn load_revocations(
+        &self,
+        connection: &mut MultiplexedConnection,
+    ) -> Result<(), Interruption> {
+        let stored: Vec<(String, u64)> = redis::cmd("HGETALL")
+            .arg(revoked_key(&self.key))
+            .query_async(connection)
+            .await?;
+        let oldest_kept = clock::unix_now().saturating_sub(self.revocations.ttl_secs());
+        for (key, at) in stored {
+            match Revocation::from_key(&key) {
+                Some(revocation) if at >= oldest_kept => self.revocations.record(revocation, at),
+                _ => {
+                    let _: () = redis::cmd("HDEL")
+                        .arg(revoked_key(&self.key))
+                        .arg(&key)
+                        .query_async(connection)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Follows the stream until the Broadcaster stops (or the task is
     /// aborted), reconnecting with back-off whenever Redis fails.
     pub async fn run(mut self) {
@@ -603,6 +718,9 @@ impl Reader {
                         .send(Deliver { events })
                         .await
                         .map_err(|_| BroadcasterStopped)?;
+                }
+                for control in stream.ids.iter().filter_map(decode_control) {
+                    self.apply(control).await?;
                 }
                 if let Some(last) = stream.ids.last() {
                     self.last_id = last.id.clone();
@@ -707,8 +825,14 @@ mod tests {
         });
         let url = format!("redis://127.0.0.1:{}", server.1);
         let retention = limits_retention();
-        let (bus, mut reader) =
-            connect(&url, "herald-test", retention, broadcaster.clone()).unwrap();
+        let (bus, mut reader) = connect(
+            &url,
+            "herald-test",
+            retention,
+            Arc::new(Revocations::new(60)),
+            broadcaster.clone(),
+        )
+        .unwrap();
         bus.publish(vec![broadcast("before")]).await.unwrap();
         reader.preload().await.unwrap();
 

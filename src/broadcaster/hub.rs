@@ -21,6 +21,7 @@ use super::outbox::{Outbox, Push};
 use super::retention::{AudienceKey, Retention, RetentionLimits};
 use crate::domain::{Audience, Channel, EventId, Outgoing, Published, Stamped, UserId};
 use crate::metrics::{Metrics, Snapshot};
+use crate::revocations::Revocation;
 use crate::sse;
 use crate::store::Loaded;
 
@@ -59,6 +60,8 @@ pub struct NewStream {
     /// The token's `exp`: `token-expiring` names it, `TOKEN_EXPIRY_WARNING_SECS`
     /// before it.
     pub expires_at: u64,
+    /// The token's `jti`, if any, so revoking that token ends the stream.
+    pub token_id: Option<String>,
     pub outbox: Arc<Outbox>,
 }
 
@@ -106,6 +109,8 @@ struct Client {
     expires_at: u64,
     /// When the `token-expiring` warning is due, until it has been sent.
     warn_at: Option<u64>,
+    /// The token's `jti`, if any.
+    token_id: Option<Box<str>>,
     channels: Box<[Channel]>,
     outbox: Arc<Outbox>,
     /// The fan-out pass that last delivered to this client, so a client that
@@ -137,6 +142,7 @@ pub struct HistoryPage {
 struct Frames {
     heartbeat: Bytes,
     token_expired: Bytes,
+    revoked: Bytes,
 }
 
 pub struct Hub {
@@ -195,6 +201,11 @@ impl Hub {
                     None,
                     "token-expired",
                     r#"{"reason":"the token has expired; reconnect with a new one"}"#,
+                ),
+                revoked: sse::event(
+                    None,
+                    "revoked",
+                    r#"{"reason":"access was revoked; sign in again"}"#,
                 ),
             },
             metrics,
@@ -270,6 +281,7 @@ impl Hub {
                 valid_until: stream.valid_until,
                 expires_at: stream.expires_at,
                 warn_at: Some(warn_at),
+                token_id: stream.token_id.map(String::into_boxed_str),
                 channels: stream.channels.into(),
                 outbox: stream.outbox,
                 last_pass: 0,
@@ -412,6 +424,8 @@ impl Hub {
             events,
             floor,
             horizon,
+            // Not the Hub's: they are checked where tokens are.
+            revocations: _,
         } = loaded;
         self.retention.rebase(floor, true);
         if let Some(horizon) = horizon {
@@ -553,6 +567,29 @@ impl Hub {
         self.warnings.insert((warn_at, id));
         self.warn(now);
         Ok(())
+    }
+
+    /// Ends every stream `revocation` covers, after a `revoked` event.
+    /// Returns how many were ended.
+    pub fn revoke(&mut self, revocation: &Revocation) -> usize {
+        let covered: Vec<ClientId> = match revocation {
+            Revocation::User(user) => self.users.get(user).cloned().unwrap_or_default(),
+            Revocation::Token(_) => self
+                .clients
+                .iter()
+                .filter(|(_, client)| revocation.covers(&client.user, client.token_id.as_deref()))
+                .map(|(id, _)| *id)
+                .collect(),
+        };
+        for id in &covered {
+            if let Some(client) = self.clients.get(id) {
+                client
+                    .outbox
+                    .push_unbounded(self.frames.revoked.clone(), false);
+            }
+            self.disconnect(*id);
+        }
+        covered.len()
     }
 
     /// Queues a heartbeat on every stream and forgets those that are gone.
@@ -751,6 +788,7 @@ mod tests {
                 last_event_id: last_event_id.map(str::to_owned),
                 valid_until: u64::MAX,
                 expires_at: u64::MAX,
+                token_id: None,
                 outbox: outbox.clone(),
             },
             0,
@@ -850,6 +888,7 @@ mod tests {
                 last_event_id: None,
                 valid_until: 105,
                 expires_at: 100,
+                token_id: None,
                 outbox: outbox.clone(),
             },
             0,
@@ -1029,6 +1068,7 @@ mod tests {
                 last_event_id: None,
                 valid_until: exp,
                 expires_at: exp,
+                token_id: Some(format!("jti-{exp}")),
                 outbox: outbox.clone(),
             },
             now,
@@ -1087,5 +1127,23 @@ mod tests {
         assert_eq!(names(&received(&outbox)), ["token-expiring"]);
         assert_eq!(hub.expire(2_000), 1);
         assert_eq!(names(&received(&outbox)), ["token-expired"]);
+    }
+
+    #[test]
+    fn revoking_a_user_or_a_token_ends_exactly_the_streams_it_covers() {
+        let mut hub = hub();
+        let (_, first) = open_expiring(&mut hub, 5_000, 0);
+        let (_, second) = open_expiring(&mut hub, 6_000, 0);
+        let (_, bob, _) = open(&mut hub, "bob", &[], None).unwrap();
+        for outbox in [&first, &second, &bob] {
+            received(outbox);
+        }
+        assert_eq!(hub.revoke(&Revocation::Token("jti-6000".into())), 1);
+        assert_eq!(names(&received(&second)), ["revoked"]);
+        assert!(!second.is_open() && first.is_open());
+        assert_eq!(hub.revoke(&Revocation::User(user("alice"))), 1);
+        assert_eq!(names(&received(&first)), ["revoked"]);
+        assert!(bob.is_open());
+        assert_eq!(hub.snapshot().connections, 1);
     }
 }

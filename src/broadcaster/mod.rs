@@ -28,6 +28,7 @@ use crate::domain::{
     Audience, Channel, ChannelPattern, EventId, Outgoing, Published, Stamped, UserId,
 };
 use crate::metrics::{Metrics, Snapshot};
+use crate::revocations::Revocation;
 use crate::store::{Loaded, Store, StoreError, Writer};
 
 /// Registers a stream, queueing `connected` and any replay before live events.
@@ -45,6 +46,19 @@ pub(crate) struct Refresh {
     pub patterns: Vec<ChannelPattern>,
     pub expires_at: u64,
     pub valid_until: u64,
+}
+
+/// Ends every stream a revocation covers; with a durable store, answers once
+/// the revocation is on disk. Answers how many streams were ended here.
+#[derive(Message)]
+#[rtype(result = "Result<usize, StoreError>")]
+pub(crate) struct Revoke {
+    pub revocation: Revocation,
+    /// When it was made (Unix seconds).
+    pub at: u64,
+    /// Whether to record it in the durable store (not when it came from a
+    /// shared flow, which keeps it itself).
+    pub persist: bool,
 }
 
 /// A stream is gone. Idempotent.
@@ -267,6 +281,28 @@ impl Handler<Refresh> for Broadcaster {
             msg.valid_until,
             clock::unix_now(),
         )
+    }
+}
+
+impl Handler<Revoke> for Broadcaster {
+    type Result = ResponseFuture<Result<usize, StoreError>>;
+
+    fn handle(&mut self, msg: Revoke, _: &mut Context<Self>) -> Self::Result {
+        let ended = self.hub.revoke(&msg.revocation);
+        let Some(store) = self.store.as_ref().filter(|_| msg.persist) else {
+            return Box::pin(std::future::ready(Ok(ended)));
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if let Err(error) = store.revoke((msg.revocation.key(), msg.at), reply) {
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        Box::pin(async move {
+            match answer.await {
+                Ok(Ok(())) => Ok(ended),
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(StoreError::Stopped),
+            }
+        })
     }
 }
 

@@ -80,7 +80,16 @@ pub(super) async fn subscribe(
     let query = query_pairs(&req)?;
     // A ticket, when given, is what the stream is opened with.
     let identity = match query.iter().find(|(key, _)| key == "ticket") {
-        Some((_, ticket)) => state.tickets.redeem(ticket).await?,
+        Some((_, ticket)) => {
+            let identity = state.tickets.redeem(ticket).await?;
+            if state
+                .revocations
+                .refuses(&identity, crate::clock::unix_now())
+            {
+                return Err(ApiError::TokenRevoked);
+            }
+            identity
+        }
         None => token?,
     };
     let channels = allowed_channels(&query, &identity, state.config.max_channels_per_connection)?;
@@ -115,6 +124,7 @@ pub(super) async fn subscribe(
         last_event_id,
         valid_until: identity.valid_until,
         expires_at: identity.expires_at,
+        token_id: identity.token_id.clone(),
         outbox: outbox.clone(),
     });
     let preamble = sse::retry(state.config.sse_retry_ms);

@@ -6,6 +6,7 @@ mod events;
 mod health;
 mod history;
 mod publish;
+mod revoke;
 mod streams;
 mod tickets;
 
@@ -26,6 +27,8 @@ pub(crate) struct AppState {
     pub config: Arc<Config>,
     /// Stream tickets bought and not yet spent.
     pub tickets: crate::tickets::Tickets,
+    /// Users and tokens cut off (also read by the token extractors).
+    pub revocations: Arc<crate::revocations::Revocations>,
     pub broadcaster: Addr<Broadcaster>,
     pub bus: EventBus,
     pub metrics: Arc<Metrics>,
@@ -87,6 +90,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             streams::refresh_token,
         ),
         Endpoint::new(Method::POST, "/api/tickets", tickets::buy),
+        Endpoint::new(Method::POST, "/api/revoke", revoke::revoke),
         Endpoint::new(Method::GET, "/api/stats", health::stats),
         Endpoint::new(Method::GET, "/metrics", health::metrics),
         Endpoint::new(Method::GET, "/healthz", health::healthz),

@@ -174,3 +174,138 @@ async fn a_ticket_bought_on_one_node_opens_a_stream_on_another_once() {
     assert_eq!(open_with_ticket(&a, &ticket, "").await.status, 401);
     assert_eq!(open_with_ticket(&b, &ticket, "").await.status, 401);
 }
+
+/// `POST /api/revoke` as admin with `body`.
+async fn revoke(server: &TestServer, body: serde_json::Value) -> Answer {
+    server
+        .publish_to("/api/revoke", &admin_token(), &body)
+        .await
+}
+
+/// A token for `sub` issued now (`iat`), with `jti` if given.
+fn issued_now(sub: &str, jti: Option<&str>) -> String {
+    let mut claims = json!({"sub": sub, "exp": now() + 3600, "iat": now()});
+    if let Some(jti) = jti {
+        claims["jti"] = json!(jti);
+    }
+    token(claims)
+}
+
+#[actix_web::test]
+async fn revoking_a_user_ends_her_streams_and_refuses_her_older_tokens() {
+    let server = spawn(&[]).await;
+    let old = token(json!({"sub": "alice", "exp": now() + 3600, "iat": now() - 10}));
+    let (mut first, _) = server.subscribe(&old, "").await;
+    let (mut second, _) = server.subscribe(&old, "").await;
+    let (mut bob, _) = server.subscribe(&user_token("bob", &[]), "").await;
+
+    let answer = revoke(&server, json!({"user": "alice"})).await;
+    assert_eq!(answer.status, 202, "{answer}");
+    for stream in [&mut first, &mut second] {
+        let names: Vec<String> = stream
+            .until_end()
+            .await
+            .into_iter()
+            .map(|f| f.event)
+            .collect();
+        assert_eq!(names, ["revoked"]);
+    }
+    let refused = server.get_events(&old, "").await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.json()["error"], "token_revoked");
+    let fresh = issued_now("alice", None);
+    assert_eq!(
+        server.get_events(&fresh, "").await.status,
+        200,
+        "issued after"
+    );
+
+    server
+        .send(json!({"user": "bob", "event": "unaffected"}))
+        .await;
+    assert_eq!(bob.next().await.event, "unaffected");
+}
+
+#[actix_web::test]
+async fn revoking_a_token_ends_only_its_streams() {
+    let server = spawn(&[]).await;
+    let leaked = issued_now("alice", Some("leaked-1"));
+    let other = issued_now("alice", Some("laptop-2"));
+    let (mut on_leaked, _) = server.subscribe(&leaked, "").await;
+    let (mut on_other, _) = server.subscribe(&other, "").await;
+    assert_eq!(
+        revoke(&server, json!({"jti": "leaked-1"})).await.status,
+        202
+    );
+    let names: Vec<String> = on_leaked
+        .until_end()
+        .await
+        .into_iter()
+        .map(|f| f.event)
+        .collect();
+    assert_eq!(names, ["revoked"]);
+    assert_eq!(
+        server.get_events(&leaked, "").await.json()["error"],
+        "token_revoked"
+    );
+    server
+        .send(json!({"user": "alice", "event": "still"}))
+        .await;
+    assert_eq!(on_other.next().await.event, "still");
+
+    for bad in [
+        json!({}),
+        json!({"user": "a", "jti": "b"}),
+        json!({"user": ""}),
+    ] {
+        assert_eq!(revoke(&server, bad.clone()).await.status, 400, "{bad}");
+    }
+    let not_admin = server
+        .publish_to(
+            "/api/revoke",
+            &user_token("alice", &[]),
+            &json!({"user": "bob"}),
+        )
+        .await;
+    assert_eq!(not_admin.status, 403);
+}
+
+#[actix_web::test]
+async fn with_redis_a_revocation_reaches_every_node_and_outlives_them() {
+    let Some(redis) = crate::helpers::redis::Redis::start() else {
+        return;
+    };
+    let (a, b) = (redis.node(&[]).await, redis.node(&[]).await);
+    let old = token(json!({"sub": "alice", "exp": now() + 3600, "iat": now() - 10}));
+    let (mut on_a, _) = a.subscribe(&old, "").await;
+    let (mut on_b, _) = b.subscribe(&old, "").await;
+    let started = std::time::Instant::now();
+    assert_eq!(revoke(&a, json!({"user": "alice"})).await.status, 202);
+    for stream in [&mut on_a, &mut on_b] {
+        let names: Vec<String> = stream
+            .until_end()
+            .await
+            .into_iter()
+            .map(|f| f.event)
+            .collect();
+        assert_eq!(names, ["revoked"]);
+    }
+    println!(
+        "both streams ended {:?} after the revocation",
+        started.elapsed()
+    );
+    assert_eq!(
+        b.get_events(&old, "").await.json()["error"],
+        "token_revoked"
+    );
+    let c = redis.node(&[]).await;
+    assert_eq!(
+        c.get_events(&old, "").await.json()["error"],
+        "token_revoked",
+        "a node started later knows it"
+    );
+    assert_eq!(
+        c.get_events(&issued_now("alice", None), "").await.status,
+        200
+    );
+}

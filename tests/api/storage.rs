@@ -257,3 +257,23 @@ async fn a_flood_of_a_million_events_keeps_memory_and_the_store_within_their_lim
         "the store holds {on_disk} bytes"
     );
 }
+
+#[actix_web::test]
+async fn a_revocation_survives_a_restart() {
+    let store = DataDir::new();
+    let env = [("JWT_SECRET", SECRET), ("DATA_DIR", store.path())];
+    let mut herald = Herald::start(&env);
+    let old = token(json!({"sub": "alice", "exp": now() + 3600, "iat": now() - 10}));
+    let request = client()
+        .post(herald.url("/api/revoke"))
+        .bearer_auth(admin_token());
+    let answer = Answer::of(request.send_json(&json!({"user": "alice"}))).await;
+    assert_eq!(answer.status, 202, "{answer}");
+    herald.kill_hard();
+
+    let herald = Herald::start(&env);
+    let request = client().get(herald.url("/api/events")).bearer_auth(&old);
+    let refused = Answer::of(request.send()).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.json()["error"], "token_revoked");
+}

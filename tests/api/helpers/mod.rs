@@ -212,7 +212,12 @@ impl TestServer {
 
     /// `POST /api/send` with `body` as JSON.
     pub async fn publish(&self, token: &str, body: &Value) -> Answer {
-        let request = self.client.post(self.url("/api/send")).bearer_auth(token);
+        self.publish_to("/api/send", token, body).await
+    }
+
+    /// `POST path` with `body` as JSON and `token` as Bearer.
+    pub async fn publish_to(&self, path: &str, token: &str, body: &Value) -> Answer {
+        let request = self.client.post(self.url(path)).bearer_auth(token);
         Answer::of(request.send_json(body)).await
     }
 
