@@ -10,7 +10,7 @@ use std::fmt;
 
 use actix::Addr;
 
-use crate::broadcaster::{Broadcaster, Publish, Revoke};
+use crate::broadcaster::{Broadcaster, Publish, Refresh, RefreshError, Revoke};
 use crate::domain::{Outgoing, Published};
 use crate::revocations::Revocation;
 use crate::store::StoreError;
@@ -38,6 +38,15 @@ impl fmt::Display for BusError {
             Self::Encoding(why) => write!(f, "an event could not be encoded: {why}"),
         }
     }
+}
+
+/// Why a stream's token could not be refreshed.
+#[derive(Debug)]
+pub(crate) enum RefreshFailure {
+    /// The stream's node refused it (or no node holds the stream).
+    Refused(RefreshError),
+    /// The flow could not carry the request.
+    Bus(BusError),
 }
 
 /// The event flow this node publishes into.
@@ -79,6 +88,17 @@ impl EventBus {
                 }
             }
             Self::Redis(bus) => bus.revoke(&revocation, at).await,
+        }
+    }
+
+    /// Gives a stream a fresh token, on whichever node holds it.
+    pub async fn refresh(&self, refresh: Refresh) -> Result<(), RefreshFailure> {
+        match self {
+            Self::Memory(broadcaster) => match broadcaster.send(refresh).await {
+                Ok(result) => result.map_err(RefreshFailure::Refused),
+                Err(_) => Err(RefreshFailure::Bus(BusError::Stopped)),
+            },
+            Self::Redis(bus) => bus.refresh(refresh).await,
         }
     }
 

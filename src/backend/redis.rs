@@ -23,11 +23,15 @@ use redis::{AsyncConnectionConfig, Client, Value};
 
 use super::BusError;
 
+use super::RefreshFailure;
 use crate::broadcaster::{
-    AudienceKey, Broadcaster, CountRecipients, Deliver, Preload, RetentionLimits, Revoke,
+    AudienceKey, Broadcaster, ClientId, CountRecipients, Deliver, Preload, Refresh, RefreshError,
+    RetentionLimits, Revoke,
 };
 use crate::clock;
-use crate::domain::{Audience, Channel, EventId, EventName, Outgoing, Published, Stamped, UserId};
+use crate::domain::{
+    Audience, Channel, ChannelPattern, EventId, EventName, Outgoing, Published, Stamped, UserId,
+};
 use crate::revocations::{Revocation, Revocations};
 
 /// Entries the shared flow keeps (`XADD MAXLEN ~`), and the most a node
@@ -56,6 +60,9 @@ pub(crate) struct RedisBus {
     /// Kept per audience stream, as in every node's memory.
     retention: RetentionLimits,
     broadcaster: Addr<Broadcaster>,
+    /// For a connection of its own when a command blocks (waiting for
+    /// another node's answer).
+    client: Client,
 }
 
 /// Follows the stream for one node. Owned by the task that runs it.
@@ -120,9 +127,15 @@ pub(crate) fn connect(
         key: key.to_owned(),
         retention,
         broadcaster,
+        client: reader.client.clone(),
     };
     Ok((bus, reader))
 }
+
+/// How long a refresh waits for the node that holds the stream to answer.
+const REFRESH_WAIT: Duration = Duration::from_secs(1);
+/// How long an unread answer to a refresh stays in Redis.
+const REPLY_TTL_SECS: u64 = 10;
 
 /// Reads, for each audience stream in KEYS[2..], the newest id it trimmed
 /// (from the hash KEYS[1]; `''` when none) and its entries up to ARGV[1].
@@ -351,6 +364,99 @@ impl RedisBus {
         }
     }
 
+    /// Gives the stream `refresh.id` a fresh token on whichever node holds
+    /// it: this one if it can, else through the flow, waiting briefly for
+    /// the holding node's answer (none means no node holds it).
+    pub async fn refresh(&self, refresh: Refresh) -> Result<(), RefreshFailure> {
+        let broadcaster_gone = |_| RefreshFailure::Bus(BusError::Stopped);
+        let remote = Refresh {
+            patterns: refresh.patterns.clone(),
+            user: refresh.user.clone(),
+            ..refresh
+        };
+        match self
+            .broadcaster
+            .send(refresh)
+            .await
+            .map_err(broadcaster_gone)?
+        {
+            Ok(()) => return Ok(()),
+            Err(RefreshError::ChannelNotAllowed(channel)) => {
+                return Err(RefreshFailure::Refused(RefreshError::ChannelNotAllowed(
+                    channel,
+                )))
+            }
+            Err(RefreshError::NotFound) => {}
+        }
+        let reply = format!("{}:reply:{}", self.key, uuid::Uuid::new_v4());
+        let patterns: Vec<String> = remote.patterns.iter().map(ToString::to_string).collect();
+        let mut connection = self.connection.clone();
+        let mut command = redis::cmd("XADD");
+        command
+            .arg(&self.key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(FLOW_MAX_LEN)
+            .arg("*")
+            .arg("control")
+            .arg("refresh")
+            .arg("stream")
+            .arg(remote.id.0.to_string())
+            .arg("user")
+            .arg(remote.user.as_str())
+            .arg("patterns")
+            .arg(patterns.join("\n"))
+            .arg("exp")
+            .arg(remote.expires_at)
+            .arg("valid_until")
+            .arg(remote.valid_until)
+            .arg("reply")
+            .arg(&reply);
+        let posted = command.query_async::<String>(&mut connection);
+        match tokio::time::timeout(COMMAND_TIMEOUT, posted).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(RefreshFailure::Bus(unreachable(e))),
+            Err(_) => {
+                return Err(RefreshFailure::Bus(BusError::Unreachable(
+                    "Redis did not answer in time".into(),
+                )))
+            }
+        }
+        // BLPOP blocks its connection: a short-lived one of its own.
+        let waited = async {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(COMMAND_TIMEOUT))
+                .set_response_timeout(Some(REFRESH_WAIT + COMMAND_TIMEOUT));
+            let mut own = self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            redis::cmd("BLPOP")
+                .arg(&reply)
+                .arg(REFRESH_WAIT.as_secs_f64())
+                .query_async::<Option<(String, String)>>(&mut own)
+                .await
+        };
+        let answer = match tokio::time::timeout(REFRESH_WAIT + COMMAND_TIMEOUT, waited).await {
+            Ok(Ok(answer)) => answer.map(|(_, answer)| answer),
+            Ok(Err(e)) => return Err(RefreshFailure::Bus(unreachable(e))),
+            Err(_) => None,
+        };
+        match answer.as_deref() {
+            Some("ok") => Ok(()),
+            Some(other) => match other
+                .strip_prefix("forbidden:")
+                .and_then(|channel| Channel::parse(channel).ok())
+            {
+                Some(channel) => Err(RefreshFailure::Refused(RefreshError::ChannelNotAllowed(
+                    channel,
+                ))),
+                None => Err(RefreshFailure::Refused(RefreshError::NotFound)),
+            },
+            None => Err(RefreshFailure::Refused(RefreshError::NotFound)),
+        }
+    }
+
     /// The shared connection, for other cluster-wide state (stream tickets).
     pub fn connection(&self) -> &ConnectionManager {
         &self.connection
@@ -430,6 +536,15 @@ fn decode(entry: &StreamId) -> Option<Stamped> {
 enum Control {
     /// End the streams a revocation covers and refuse its tokens.
     Revoke(Revocation, u64),
+    /// Give a stream a fresh token; the node holding it answers on `reply`.
+    Refresh {
+        stream: ClientId,
+        user: UserId,
+        patterns: Vec<ChannelPattern>,
+        expires_at: u64,
+        valid_until: u64,
+        reply: String,
+    },
 }
 
 /// Reads a control entry; `None` for anything else.
@@ -446,6 +561,19 @@ fn decode_control(entry: &StreamId) -> Option<Control> {
             Revocation::from_key(&text("key")?)?,
             text("at")?.parse().ok()?,
         )),
+        "refresh" => Some(Control::Refresh {
+            stream: ClientId(uuid::Uuid::parse_str(&text("stream")?).ok()?),
+            user: UserId::parse(&text("user")?).ok()?,
+            patterns: text("patterns")?
+                .split('\n')
+                .filter(|raw| !raw.is_empty())
+                .map(ChannelPattern::parse)
+                .collect::<Result<_, _>>()
+                .ok()?,
+            expires_at: text("exp")?.parse().ok()?,
+            valid_until: text("valid_until")?.parse().ok()?,
+            reply: text("reply")?,
+        }),
         _ => None,
     }
 }
@@ -599,8 +727,47 @@ impl Reader {
     }
 
     /// Carries out a control entry on this node.
-    async fn apply(&self, control: Control) -> Result<(), BroadcasterStopped> {
+    async fn apply(
+        &self,
+        control: Control,
+        connection: &mut MultiplexedConnection,
+    ) -> Result<(), Interruption> {
         match control {
+            Control::Refresh {
+                stream,
+                user,
+                patterns,
+                expires_at,
+                valid_until,
+                reply,
+            } => {
+                let refresh = Refresh {
+                    id: stream,
+                    user,
+                    patterns,
+                    expires_at,
+                    valid_until,
+                };
+                let answer = match self.broadcaster.send(refresh).await {
+                    Ok(Ok(())) => "ok".to_owned(),
+                    Ok(Err(RefreshError::ChannelNotAllowed(channel))) => {
+                        format!("forbidden:{channel}")
+                    }
+                    // Not here: another node answers, or nobody does (404).
+                    Ok(Err(RefreshError::NotFound)) => return Ok(()),
+                    Err(_) => return Err(BroadcasterStopped.into()),
+                };
+                let mut pipe = redis::pipe();
+                pipe.cmd("LPUSH")
+                    .arg(&reply)
+                    .arg(answer)
+                    .ignore()
+                    .cmd("EXPIRE")
+                    .arg(&reply)
+                    .arg(REPLY_TTL_SECS)
+                    .ignore();
+                let _: () = pipe.query_async(connection).await?;
+            }
             Control::Revoke(revocation, at) => {
                 self.revocations.record(revocation.clone(), at);
                 let revoke = Revoke {
@@ -720,7 +887,7 @@ impl Reader {
                         .map_err(|_| BroadcasterStopped)?;
                 }
                 for control in stream.ids.iter().filter_map(decode_control) {
-                    self.apply(control).await?;
+                    self.apply(control, connection).await?;
                 }
                 if let Some(last) = stream.ids.last() {
                     self.last_id = last.id.clone();

@@ -1,10 +1,12 @@
 //! `POST /api/streams/{client_id}/token`: give an open stream a fresh token,
-//! so it outlives the one it was opened with.
+//! so it outlives the one it was opened with. Works on any node: with Redis,
+//! the node holding the stream is reached through the shared flow.
 
 use actix_web::{web, HttpResponse};
 
 use super::AppState;
 use crate::auth::Identity;
+use crate::backend::RefreshFailure;
 use crate::broadcaster::{ClientId, Refresh, RefreshError};
 use crate::domain::truncate_for_message;
 use crate::error::ApiError;
@@ -23,13 +25,15 @@ pub(super) async fn refresh_token(
         expires_at: identity.expires_at,
         valid_until: identity.valid_until,
     };
-    match state.broadcaster.send(refresh).await {
-        Ok(Ok(())) => Ok(HttpResponse::NoContent().finish()),
-        Ok(Err(RefreshError::NotFound)) => Err(ApiError::NotFound),
-        Ok(Err(RefreshError::ChannelNotAllowed(channel))) => Err(ApiError::Forbidden(format!(
-            "the new token does not allow channel {:?} of this stream",
-            truncate_for_message(channel.as_str())
-        ))),
-        Err(_) => Err(ApiError::Unavailable("the server is shutting down".into())),
+    match state.bus.refresh(refresh).await {
+        Ok(()) => Ok(HttpResponse::NoContent().finish()),
+        Err(RefreshFailure::Refused(RefreshError::NotFound)) => Err(ApiError::NotFound),
+        Err(RefreshFailure::Refused(RefreshError::ChannelNotAllowed(channel))) => {
+            Err(ApiError::Forbidden(format!(
+                "the new token does not allow channel {:?} of this stream",
+                truncate_for_message(channel.as_str())
+            )))
+        }
+        Err(RefreshFailure::Bus(error)) => Err(error.into()),
     }
 }

@@ -309,3 +309,36 @@ async fn with_redis_a_revocation_reaches_every_node_and_outlives_them() {
         200
     );
 }
+
+#[actix_web::test]
+async fn with_redis_a_refresh_reaches_the_node_that_holds_the_stream() {
+    let Some(redis) = crate::helpers::redis::Redis::start() else {
+        return;
+    };
+    let settings = [("JWT_LEEWAY_SECS", "0"), ("HEARTBEAT_INTERVAL", "0.5")];
+    let (a, b) = (redis.node(&settings).await, redis.node(&settings).await);
+    let exp = now() + 2;
+    let first = token(json!({"sub": "alice", "exp": exp, "channels": ["news"]}));
+    let (mut stream, connected) = b.subscribe(&first, "channel=news").await;
+    let client_id = connected["client_id"].as_str().unwrap().to_owned();
+    assert_eq!(stream.next().await.event, "token-expiring");
+
+    let narrower = refresh(&a, &client_id, &user_token("alice", &["sport"])).await;
+    assert_eq!(narrower.status, 403, "{narrower}");
+    let foreign = refresh(&a, &client_id, &user_token("bob", &["news"])).await;
+    assert_eq!(foreign.status, 404, "{foreign}");
+    let answer = refresh(&a, &client_id, &user_token("alice", &["news"])).await;
+    assert_eq!(answer.status, 204, "{answer}");
+
+    let mut heartbeats = 0;
+    while now() <= exp + 1 {
+        heartbeats += 1;
+        stream.wait_for_heartbeats(heartbeats).await;
+    }
+    let sent = a
+        .send(json!({"channel": "news", "event": "still-here"}))
+        .await;
+    let frame = stream.next().await;
+    assert_eq!(frame.event, "still-here");
+    assert_eq!(frame.id.as_deref(), sent["id"].as_str());
+}
