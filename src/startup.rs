@@ -152,7 +152,7 @@ impl Application {
                     log::warn!("redis: unreachable at start ({e}); serving streams and catching up when it returns");
                 }
                 let task = actix_web::rt::spawn(reader.run());
-                (EventBus::Redis(bus), Some(task.abort_handle()))
+                (EventBus::Redis(Box::new(bus)), Some(task.abort_handle()))
             }
         };
         let tickets = match &bus {

@@ -55,7 +55,7 @@ pub(crate) enum EventBus {
     /// One process: ids and history live in the Broadcaster.
     Memory(Addr<Broadcaster>),
     /// Many processes: ids and history live in a Redis stream.
-    Redis(redis::RedisBus),
+    Redis(Box<redis::RedisBus>),
 }
 
 impl EventBus {
