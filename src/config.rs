@@ -16,6 +16,9 @@ pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 5;
 pub const DEFAULT_TOKEN_EXPIRY_WARNING_SECS: u64 = 60;
 pub const DEFAULT_TICKET_TTL_SECS: u64 = 30;
 pub const DEFAULT_REVOKE_TTL_SECS: u64 = 86_400;
+/// How long a demo sign-in lasts by default: the token's `exp` and the
+/// cookie's Max-Age.
+pub const DEFAULT_DEMO_TOKEN_TTL_SECS: u64 = 8 * 60 * 60;
 pub const DEFAULT_AUTH_COOKIE_NAME: &str = "herald_token";
 pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 16;
 pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 64;
@@ -74,6 +77,8 @@ pub struct Config {
     pub ticket_ttl: Duration,
     /// How long a revocation refuses the tokens it covers.
     pub revoke_ttl_secs: u64,
+    /// Lifetime of the tokens the demo sign-in mints.
+    pub demo_token_ttl_secs: u64,
     pub max_connections: usize,
     pub max_connections_per_user: usize,
     pub max_channels_per_connection: usize,
@@ -245,6 +250,10 @@ impl Config {
             sse_retry_ms: parsed("SSE_RETRY_TIMEOUT")?.unwrap_or(DEFAULT_SSE_RETRY_MS),
             heartbeat_interval: seconds("HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_SECS)?,
             jwt,
+            demo_token_ttl_secs: positive(
+                "DEMO_TOKEN_TTL_SECS",
+                DEFAULT_DEMO_TOKEN_TTL_SECS as usize,
+            )? as u64,
             revoke_ttl_secs: positive("REVOKE_TTL_SECS", DEFAULT_REVOKE_TTL_SECS as usize)? as u64,
             ticket_ttl: Duration::from_secs(positive(
                 "TICKET_TTL_SECS",

@@ -56,7 +56,7 @@ mod tickets;
 // What the binary, the tests and the examples use; everything else is private.
 pub use auth::{TokenSource, Verifier};
 pub use clock::unix_now;
+pub use config::DEFAULT_DEMO_TOKEN_TTL_SECS as DEMO_TOKEN_TTL_SECS;
 pub use config::{raise_open_file_limit, Config};
 pub use domain::EventId;
-pub use routes::demo::DEMO_TOKEN_TTL_SECS;
 pub use startup::{Application, Shutdown};

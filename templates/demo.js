@@ -17,6 +17,8 @@
 
   const $ = (id) => document.getElementById(id);
   const admin = app.dataset.admin === 'true';
+  /** Whether this page can mint a fresh token itself (the demo sign-in). */
+  const demoLogin = app.dataset.demoLogin === 'true';
 
   let source = null;
   /** The channels the stream is on, as the server confirmed them. */
@@ -27,6 +29,10 @@
   const seenIds = new Set();
   const watched = new Set();
   let received = 0;
+  /** The open stream's id, for refreshing its token in place. */
+  let clientId = '';
+  /** Times the stream's token was refreshed in place. */
+  let refreshes = 0;
 
   function setState(state) {
     const badge = $('state');
@@ -63,18 +69,56 @@
     }));
     stream.addEventListener('connected', current(onConnected));
     stream.addEventListener('token-expired', current(onTokenExpired));
+    stream.addEventListener('token-expiring', current(onTokenExpiring));
     for (const name of watched) stream.addEventListener(name, current(onEvent));
   }
 
   function onConnected(event) {
     const info = JSON.parse(event.data);
     channels = info.channels;
+    clientId = info.client_id;
     $('stream-user').textContent = info.user;
     $('stream-client-id').textContent = info.client_id;
     $('stream-channels').textContent = info.channels.length > 0 ? info.channels.join(', ') : 'none';
     $('stream-replayed').textContent = String(info.replayed);
     $('missed').hidden = info.recovered;
     setState('open');
+  }
+
+  /**
+   * The token expires soon: sign in again in the background (the demo's own
+   * way to mint a fresh token into the cookie), then hand the fresh token to
+   * the open stream, which carries on without reconnecting.
+   */
+  async function onTokenExpiring(event) {
+    const { expires_at: expiresAt } = JSON.parse(event.data);
+    const until = new Date(expiresAt * 1000).toLocaleString();
+    if (!demoLogin) {
+      // The token came from elsewhere: only its owner can get a fresh one.
+      $('token-expiry').textContent = `${until} (expiring soon)`;
+      return;
+    }
+    $('token-expiry').textContent = `${until} (refreshing…)`;
+    try {
+      const form = new URLSearchParams({ user: app.dataset.user });
+      if (admin) form.set('admin', 'on');
+      await fetch('/demo/login', {
+        method: 'POST',
+        credentials: 'same-origin',
+        redirect: 'manual',
+        body: form,
+      });
+      const response = await fetch(`/api/streams/${encodeURIComponent(clientId)}/token`, {
+        method: 'POST',
+        credentials: 'same-origin',
+      });
+      if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+      refreshes += 1;
+      $('token-refreshes').textContent = String(refreshes);
+      $('token-expiry').textContent = 'refreshed';
+    } catch (error) {
+      $('token-expiry').textContent = `${new Date(expiresAt * 1000).toLocaleString()} (refresh failed: ${error.message})`;
+    }
   }
 
   function onTokenExpired() {

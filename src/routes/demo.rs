@@ -20,9 +20,6 @@ use crate::auth::{origin_is_trusted, Auth, Identity, TokenSource};
 use crate::domain::UserId;
 use crate::error::ApiError;
 
-/// How long a demo sign-in lasts: the token's `exp` and the cookie's Max-Age.
-pub const DEMO_TOKEN_TTL_SECS: u64 = 8 * 60 * 60;
-
 /// Largest sign-in form accepted; a user id is at most 256 characters.
 const MAX_FORM_BYTES: usize = 4 * 1024;
 
@@ -148,7 +145,12 @@ pub(super) async fn login(
     // The demo user may join any channel: the page is for trying things out.
     let token = auth
         .verifier
-        .mint(user.as_str(), admin, &["*".into()], DEMO_TOKEN_TTL_SECS)
+        .mint(
+            user.as_str(),
+            admin,
+            &["*".into()],
+            state.config.demo_token_ttl_secs,
+        )
         .map_err(|e| ApiError::Internal(format!("demo login cannot mint a token: {e}")))?;
     log::info!(
         "demo login for {:?}{}",
@@ -157,7 +159,7 @@ pub(super) async fn login(
     );
     let cookie = auth_cookie(&req, &state, token)
         .max_age(time::Duration::seconds(
-            i64::try_from(DEMO_TOKEN_TTL_SECS).unwrap_or(i64::MAX),
+            i64::try_from(state.config.demo_token_ttl_secs).unwrap_or(i64::MAX),
         ))
         .finish();
     Ok(back_to_page().cookie(cookie).finish())

@@ -127,6 +127,45 @@ async fn the_page_lists_recent_notifications_then_goes_live_without_repeats() {
 }
 
 #[actix_web::test]
+async fn the_page_refreshes_its_token_in_place_and_the_stream_lives_on() {
+    let server = spawn(&[
+        ("DEMO_LOGIN", "true"),
+        ("DEMO_TOKEN_TTL_SECS", "4"),
+        ("TOKEN_EXPIRY_WARNING_SECS", "2"),
+        ("JWT_LEEWAY_SECS", "0"),
+    ])
+    .await;
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let signed_in = now();
+    browser.sign_in(&server, "alice", false).await;
+    browser.wait_until_connected().await;
+    let client_id = browser.text("#stream-client-id").await;
+
+    // Two refreshes: the first token (4 s) is gone by the second.
+    browser
+        .wait_for("a second refresh", "#token-refreshes", |text| text == "2")
+        .await;
+    assert!(now() >= signed_in + 4, "past the first token's expiry");
+    assert_eq!(browser.text("#state").await, "open");
+    assert_eq!(
+        browser.text("#stream-client-id").await,
+        client_id,
+        "the same stream, never reopened"
+    );
+    let answer = server
+        .send(json!({"event": "update", "user": "alice", "data": "after refresh"}))
+        .await;
+    let id = answer["id"].as_str().unwrap();
+    browser
+        .wait_for_element(&format!("#events li[data-id=\"{id}\"]"))
+        .await;
+    assert!(!browser.exists("#expired:not([hidden])").await);
+    browser.close().await;
+}
+
+#[actix_web::test]
 async fn an_event_for_another_user_is_not_shown() {
     let server = spawn(&[("DEMO_LOGIN", "true")]).await;
     let Some(browser) = Browser::start().await else {
@@ -401,7 +440,8 @@ async fn after_an_in_memory_restart_the_page_says_events_may_have_been_missed() 
 
 #[actix_web::test]
 async fn an_expired_token_closes_the_stream_and_says_so() {
-    let server = spawn(&[("DEMO_LOGIN", "true")]).await;
+    // Without the demo sign-in the page cannot refresh a token itself.
+    let server = spawn(&[("DEMO_LOGIN", "false")]).await;
     let Some(browser) = Browser::start().await else {
         return;
     };
