@@ -392,6 +392,12 @@ impl Hub {
             // Shared-flow ids are cluster-wide: none is from "before" this node.
             self.retention.rebase(EventId::new(0, 0), false);
         }
+        self.retain_all(events);
+        self.preload_losses(lost, horizon);
+    }
+
+    /// Keeps events that came before this node started, without delivering them.
+    fn retain_all(&mut self, events: Vec<Stamped>) {
         for stamped in events {
             let frame = sse::event(
                 Some(&stamped.id.to_string()),
@@ -405,7 +411,6 @@ impl Hub {
                 stamped.published_at,
             );
         }
-        self.preload_losses(lost, horizon);
     }
 
     /// What a shared flow says its audiences lost before this node started.
@@ -431,19 +436,7 @@ impl Hub {
         if let Some(horizon) = horizon {
             self.retention.lost_up_to(horizon);
         }
-        for stamped in events {
-            let frame = sse::event(
-                Some(&stamped.id.to_string()),
-                stamped.event.name.as_str(),
-                &stamped.event.data,
-            );
-            self.retention.insert(
-                stamped.id,
-                stamped.event.audience,
-                frame,
-                stamped.published_at,
-            );
-        }
+        self.retain_all(events);
         self.retention.purge(now_ms);
     }
 

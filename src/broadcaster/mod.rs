@@ -166,6 +166,26 @@ fn new_epoch() -> u64 {
     }
 }
 
+/// Answers `value` once the store has said (through `answer`) that what
+/// was `queued` is on disk, or the store's error.
+fn when_stored<T: 'static>(
+    queued: Result<(), StoreError>,
+    answer: tokio::sync::oneshot::Receiver<Result<(), StoreError>>,
+    value: T,
+) -> ResponseFuture<Result<T, StoreError>> {
+    if let Err(error) = queued {
+        return Box::pin(std::future::ready(Err(error)));
+    }
+    Box::pin(async move {
+        match answer.await {
+            Ok(Ok(())) => Ok(value),
+            Ok(Err(error)) => Err(error),
+            // The writer dropped the question: the server is stopping.
+            Err(_) => Err(StoreError::Stopped),
+        }
+    })
+}
+
 /// How often streams whose token expired are ended, and events older than
 /// the TTL dropped (the precision of both).
 const EXPIRY_TICK: Duration = Duration::from_secs(1);
@@ -293,16 +313,11 @@ impl Handler<Revoke> for Broadcaster {
             return Box::pin(std::future::ready(Ok(ended)));
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if let Err(error) = store.revoke((msg.revocation.key(), msg.at), reply) {
-            return Box::pin(std::future::ready(Err(error)));
-        }
-        Box::pin(async move {
-            match answer.await {
-                Ok(Ok(())) => Ok(ended),
-                Ok(Err(error)) => Err(error),
-                Err(_) => Err(StoreError::Stopped),
-            }
-        })
+        when_stored(
+            store.revoke((msg.revocation.key(), msg.at), reply),
+            answer,
+            ended,
+        )
     }
 }
 
@@ -331,16 +346,7 @@ impl Handler<Publish> for Broadcaster {
         };
         let (stamped, published) = self.hub.stamp(msg.events, now);
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if let Err(error) = store.append(stamped, reply) {
-            return Box::pin(std::future::ready(Err(error)));
-        }
-        Box::pin(async move {
-            match answer.await {
-                Ok(Ok(())) => Ok(published),
-                Ok(Err(error)) => Err(error),
-                Err(_) => Err(StoreError::Stopped),
-            }
-        })
+        when_stored(store.append(stamped, reply), answer, published)
     }
 }
 
