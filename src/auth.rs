@@ -344,7 +344,12 @@ fn identify(req: &HttpRequest) -> Result<Identity, ApiError> {
         ));
     }
     let identity = auth.verifier.verify(&token, source)?;
-    if auth.revocations.refuses(&identity, unix_now()) {
+    if auth.revocations.refuses(
+        &identity.user,
+        identity.issued_at,
+        identity.token_id.as_deref(),
+        unix_now(),
+    ) {
         return Err(ApiError::TokenRevoked);
     }
     Ok(identity)

@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use crate::auth::Identity;
 use crate::domain::UserId;
 
 /// What is revoked.
@@ -71,24 +70,30 @@ impl Revocations {
         *entry = (*entry).max(at);
     }
 
-    /// Whether `identity`'s token is refused at `now`. A user revocation
-    /// refuses tokens issued before it, and tokens with no `iat` (their age
-    /// cannot be told).
-    pub(crate) fn refuses(&self, identity: &Identity, now: u64) -> bool {
+    /// Whether a token of `user`, issued at `issued_at`, with id `token_id`,
+    /// is refused at `now`. A user revocation refuses tokens issued before
+    /// it, and tokens with no `iat` (their age cannot be told).
+    pub(crate) fn refuses(
+        &self,
+        user: &UserId,
+        issued_at: Option<u64>,
+        token_id: Option<&str>,
+        now: u64,
+    ) -> bool {
         let in_force = self.in_force.read().unwrap_or_else(|p| p.into_inner());
         if in_force.is_empty() {
             return false;
         }
         let live = |at: u64| now < at.saturating_add(self.ttl_secs);
-        let user = in_force
-            .get(&Revocation::User(identity.user.clone()))
-            .is_some_and(|&at| live(at) && identity.issued_at.is_none_or(|iat| iat < at));
-        let token = identity.token_id.as_ref().is_some_and(|jti| {
+        let by_user = in_force
+            .get(&Revocation::User(user.clone()))
+            .is_some_and(|&at| live(at) && issued_at.is_none_or(|iat| iat < at));
+        let by_token = token_id.is_some_and(|jti| {
             in_force
-                .get(&Revocation::Token(jti.clone()))
+                .get(&Revocation::Token(jti.to_owned()))
                 .is_some_and(|&at| live(at))
         });
-        user || token
+        by_user || by_token
     }
 
     /// Forgets revocations older than the TTL; returns them, for a store to
@@ -115,18 +120,17 @@ impl Revocations {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::TokenSource;
 
-    fn identity(user: &str, iat: Option<u64>, jti: Option<&str>) -> Identity {
-        Identity {
-            user: UserId::parse(user).unwrap(),
-            admin: false,
-            channel_patterns: Vec::new(),
-            expires_at: 10_000,
-            valid_until: 10_000,
-            issued_at: iat,
-            token_id: jti.map(str::to_owned),
-            source: TokenSource::Header,
+    /// A token of `user` issued at `iat` with id `jti`.
+    struct Token(UserId, Option<u64>, Option<&'static str>);
+
+    fn identity(user: &str, iat: Option<u64>, jti: Option<&'static str>) -> Token {
+        Token(UserId::parse(user).unwrap(), iat, jti)
+    }
+
+    impl Revocations {
+        fn refuses_token(&self, token: &Token, now: u64) -> bool {
+            self.refuses(&token.0, token.1, token.2, now)
         }
     }
 
@@ -134,11 +138,11 @@ mod tests {
     fn a_user_revocation_refuses_older_tokens_for_its_ttl() {
         let revocations = Revocations::new(100);
         revocations.record(Revocation::User(UserId::parse("alice").unwrap()), 1_000);
-        assert!(revocations.refuses(&identity("alice", Some(999), None), 1_001));
-        assert!(revocations.refuses(&identity("alice", None, None), 1_001));
-        assert!(!revocations.refuses(&identity("alice", Some(1_000), None), 1_001));
-        assert!(!revocations.refuses(&identity("bob", Some(999), None), 1_001));
-        assert!(!revocations.refuses(&identity("alice", Some(999), None), 1_100));
+        assert!(revocations.refuses_token(&identity("alice", Some(999), None), 1_001));
+        assert!(revocations.refuses_token(&identity("alice", None, None), 1_001));
+        assert!(!revocations.refuses_token(&identity("alice", Some(1_000), None), 1_001));
+        assert!(!revocations.refuses_token(&identity("bob", Some(999), None), 1_001));
+        assert!(!revocations.refuses_token(&identity("alice", Some(999), None), 1_100));
         assert_eq!(revocations.prune(1_100).len(), 1);
     }
 
@@ -146,9 +150,9 @@ mod tests {
     fn a_token_revocation_refuses_that_token_only() {
         let revocations = Revocations::new(100);
         revocations.record(Revocation::Token("t-1".into()), 1_000);
-        assert!(revocations.refuses(&identity("alice", Some(5), Some("t-1")), 1_050));
-        assert!(!revocations.refuses(&identity("alice", Some(5), Some("t-2")), 1_050));
-        assert!(!revocations.refuses(&identity("alice", Some(5), None), 1_050));
+        assert!(revocations.refuses_token(&identity("alice", Some(5), Some("t-1")), 1_050));
+        assert!(!revocations.refuses_token(&identity("alice", Some(5), Some("t-2")), 1_050));
+        assert!(!revocations.refuses_token(&identity("alice", Some(5), None), 1_050));
     }
 
     #[test]

@@ -82,10 +82,12 @@ pub(super) async fn subscribe(
     let identity = match query.iter().find(|(key, _)| key == "ticket") {
         Some((_, ticket)) => {
             let identity = state.tickets.redeem(ticket).await?;
-            if state
-                .revocations
-                .refuses(&identity, crate::clock::unix_now())
-            {
+            if state.revocations.refuses(
+                &identity.user,
+                identity.issued_at,
+                identity.token_id.as_deref(),
+                crate::clock::unix_now(),
+            ) {
                 return Err(ApiError::TokenRevoked);
             }
             identity
