@@ -4,7 +4,9 @@
 //! A handler that takes [`Identity`] only runs for a valid token; one that
 //! takes [`Admin`] only for a token with the `admin` role.
 
-use std::future::{ready, Ready};
+use std::sync::Arc;
+
+use futures_util::future::LocalBoxFuture;
 
 use actix_web::http::{header, Method};
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
@@ -17,6 +19,7 @@ use crate::clock::unix_now;
 use crate::config::{JwtAlgorithm, JwtConfig};
 use crate::domain::{ChannelPattern, UserId};
 use crate::error::ApiError;
+use crate::jwks::{Jwks, Lookup};
 
 /// The role that may publish and read stats.
 pub const ADMIN_ROLE: &str = "admin";
@@ -79,9 +82,17 @@ pub struct Identity {
 /// server, not for a user.)
 pub struct Admin;
 
+/// Where the key that checks a token comes from.
+enum Keys {
+    /// One key, configured (a secret or a PEM file).
+    Static(DecodingKey),
+    /// An identity provider's key set, chosen by the token's `kid`.
+    Jwks(Arc<Jwks>),
+}
+
 /// Validates tokens with the one configured algorithm and key.
 pub struct Verifier {
-    key: DecodingKey,
+    keys: Keys,
     validation: Validation,
     /// Key and header used by `herald token` and the demo login.
     signer: Option<(EncodingKey, Header)>,
@@ -105,29 +116,46 @@ impl Verifier {
                     .ok_or("JWT_SECRET is not set")?;
                 (
                     Algorithm::HS256,
-                    DecodingKey::from_secret(secret.as_bytes()),
+                    Keys::Static(DecodingKey::from_secret(secret.as_bytes())),
                     Some(EncodingKey::from_secret(secret.as_bytes())),
                 )
             }
             JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
                 let rsa = config.algorithm == JwtAlgorithm::Rs256;
-                let path = config
-                    .public_key_file
-                    .as_ref()
-                    .ok_or("JWT_PUBLIC_KEY_FILE is required for RS256 and ES256")?;
-                let pem = std::fs::read(path)
-                    .map_err(|e| format!("JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))?;
-                let key = if rsa {
-                    DecodingKey::from_rsa_pem(&pem)
+                let pinned = if rsa {
+                    Algorithm::RS256
                 } else {
-                    DecodingKey::from_ec_pem(&pem)
-                }
-                .map_err(|e| {
-                    format!(
-                        "JWT_PUBLIC_KEY_FILE {}: not a usable public key: {e}",
-                        path.display()
-                    )
-                })?;
+                    Algorithm::ES256
+                };
+                let key = match (&config.jwks_url, &config.public_key_file) {
+                    (Some(url), _) => Keys::Jwks(Arc::new(Jwks::new(
+                        url.clone(),
+                        pinned,
+                        config.jwks_refetch,
+                    ))),
+                    (None, Some(path)) => {
+                        let pem = std::fs::read(path)
+                            .map_err(|e| format!("JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))?;
+                        let key = if rsa {
+                            DecodingKey::from_rsa_pem(&pem)
+                        } else {
+                            DecodingKey::from_ec_pem(&pem)
+                        }
+                        .map_err(|e| {
+                            format!(
+                                "JWT_PUBLIC_KEY_FILE {}: not a usable public key: {e}",
+                                path.display()
+                            )
+                        })?;
+                        Keys::Static(key)
+                    }
+                    (None, None) => {
+                        return Err(
+                            "JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL is required for RS256 and ES256"
+                                .into(),
+                        )
+                    }
+                };
                 let signer = match &config.private_key_file {
                     Some(path) => {
                         let pem = std::fs::read(path)
@@ -147,15 +175,7 @@ impl Verifier {
                     }
                     None => None,
                 };
-                (
-                    if rsa {
-                        Algorithm::RS256
-                    } else {
-                        Algorithm::ES256
-                    },
-                    key,
-                    signer,
-                )
+                (pinned, key, signer)
             }
         };
 
@@ -182,7 +202,7 @@ impl Verifier {
         validation.set_required_spec_claims(&required);
 
         Ok(Self {
-            key,
+            keys: key,
             validation,
             signer: signer.map(|key| (key, Header::new(algorithm))),
             audience: config.audience.clone(),
@@ -193,25 +213,52 @@ impl Verifier {
 
     /// Validates a token and reads who it speaks for.
     pub fn verify(&self, token: &str, source: TokenSource) -> Result<Identity, ApiError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::ExpiredSignature => ApiError::TokenExpired,
-                ErrorKind::ImmatureSignature => {
-                    ApiError::InvalidToken("it is not valid yet (nbf)".into())
+        let fetched;
+        let key = match &self.keys {
+            Keys::Static(key) => key,
+            Keys::Jwks(jwks) => {
+                let kid = jsonwebtoken::decode_header(token)
+                    .map_err(|_| ApiError::InvalidToken("malformed token".into()))?
+                    .kid
+                    .ok_or_else(|| ApiError::InvalidToken("the token names no key (kid)".into()))?;
+                fetched = match jwks.lookup(&kid) {
+                    Lookup::Found(key) => key,
+                    Lookup::Unknown => {
+                        return Err(ApiError::InvalidToken("unknown key (kid)".into()))
+                    }
+                    Lookup::NothingFetched => {
+                        return Err(ApiError::Unavailable(
+                            "the identity provider's keys have not been fetched yet".into(),
+                        ))
+                    }
+                };
+                &fetched
+            }
+        };
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => ApiError::TokenExpired,
+                    ErrorKind::ImmatureSignature => {
+                        ApiError::InvalidToken("it is not valid yet (nbf)".into())
+                    }
+                    ErrorKind::MissingRequiredClaim(claim) => {
+                        ApiError::InvalidToken(format!("the `{claim}` claim is required"))
+                    }
+                    ErrorKind::InvalidAudience => {
+                        ApiError::InvalidToken("wrong audience (aud)".into())
+                    }
+                    ErrorKind::InvalidIssuer => ApiError::InvalidToken("wrong issuer (iss)".into()),
+                    ErrorKind::InvalidSignature => ApiError::InvalidToken("bad signature".into()),
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                        ApiError::InvalidToken("wrong signing algorithm".into())
+                    }
+                    ErrorKind::Json(_) => {
+                        ApiError::InvalidToken("a claim has the wrong type".into())
+                    }
+                    _ => ApiError::InvalidToken("malformed token".into()),
                 }
-                ErrorKind::MissingRequiredClaim(claim) => {
-                    ApiError::InvalidToken(format!("the `{claim}` claim is required"))
-                }
-                ErrorKind::InvalidAudience => ApiError::InvalidToken("wrong audience (aud)".into()),
-                ErrorKind::InvalidIssuer => ApiError::InvalidToken("wrong issuer (iss)".into()),
-                ErrorKind::InvalidSignature => ApiError::InvalidToken("bad signature".into()),
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                    ApiError::InvalidToken("wrong signing algorithm".into())
-                }
-                ErrorKind::Json(_) => ApiError::InvalidToken("a claim has the wrong type".into()),
-                _ => ApiError::InvalidToken("malformed token".into()),
-            },
-        )?;
+            })?;
         let claims = data.claims;
         let user =
             UserId::parse(&claims.sub).map_err(|e| ApiError::InvalidToken(format!("sub: {e}")))?;
@@ -233,6 +280,27 @@ impl Verifier {
             token_id: claims.jti,
             source,
         })
+    }
+
+    /// The identity provider's key set, when `token` names a key it has not
+    /// got (so it should be fetched again before the token is checked).
+    fn stale_keys_for(&self, token: &str) -> Option<Arc<Jwks>> {
+        let Keys::Jwks(jwks) = &self.keys else {
+            return None;
+        };
+        let kid = jsonwebtoken::decode_header(token).ok()?.kid?;
+        match jwks.lookup(&kid) {
+            Lookup::Found(_) => None,
+            Lookup::Unknown | Lookup::NothingFetched => Some(jwks.clone()),
+        }
+    }
+
+    /// The identity provider's key set, if tokens are checked with one.
+    pub(crate) fn jwks(&self) -> Option<Arc<Jwks>> {
+        match &self.keys {
+            Keys::Jwks(jwks) => Some(jwks.clone()),
+            Keys::Static(_) => None,
+        }
     }
 
     /// Signs a token for `sub`, valid for `ttl_secs`.
@@ -326,10 +394,9 @@ pub fn origin_is_trusted(req: &HttpRequest, allowed: &[String]) -> bool {
     matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
 }
 
-fn identify(req: &HttpRequest) -> Result<Identity, ApiError> {
-    let auth = req
-        .app_data::<web::Data<Auth>>()
-        .expect("Auth is registered as app data by startup");
+/// The token a request carries and where it came from, after the rules for
+/// writes: no token in the URL, and a cookie only from a trusted origin.
+fn request_token(req: &HttpRequest, auth: &Auth) -> Result<(String, TokenSource), ApiError> {
     let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let (token, source) = find_token(req, &auth.cookie_name).ok_or(ApiError::MissingToken)?;
     if writes && source == TokenSource::Query {
@@ -342,6 +409,20 @@ fn identify(req: &HttpRequest) -> Result<Identity, ApiError> {
              or one in CORS_ALLOWED_ORIGINS"
                 .into(),
         ));
+    }
+    Ok((token, source))
+}
+
+/// Who the request's token speaks for: checked, and not revoked.
+async fn identify(req: HttpRequest) -> Result<Identity, ApiError> {
+    let auth = req
+        .app_data::<web::Data<Auth>>()
+        .expect("Auth is registered as app data by startup")
+        .clone();
+    let (token, source) = request_token(&req, &auth)?;
+    if let Some(jwks) = auth.verifier.stale_keys_for(&token) {
+        // Blocking HTTP, off the async workers; at most once per interval.
+        let _ = actix_web::rt::task::spawn_blocking(move || jwks.refetch()).await;
     }
     let identity = auth.verifier.verify(&token, source)?;
     if auth.revocations.refuses(
@@ -357,27 +438,28 @@ fn identify(req: &HttpRequest) -> Result<Identity, ApiError> {
 
 impl FromRequest for Identity {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(identify(req))
+        Box::pin(identify(req.clone()))
     }
 }
 
 impl FromRequest for Admin {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(identify(req).and_then(|identity: Identity| {
-            if identity.admin {
+        let identified = identify(req.clone());
+        Box::pin(async move {
+            if identified.await?.admin {
                 Ok(Admin)
             } else {
                 Err(ApiError::Forbidden(
                     "this needs a token with the `admin` role".into(),
                 ))
             }
-        }))
+        })
     }
 }
 
@@ -444,6 +526,8 @@ mod tests {
             algorithm: JwtAlgorithm::Hs256,
             secret: Some("a-test-secret-of-at-least-32-bytes!".into()),
             public_key_file: None,
+            jwks_url: None,
+            jwks_refetch: std::time::Duration::from_secs(10),
             private_key_file: None,
             audience: None,
             issuer: None,

@@ -15,6 +15,7 @@ pub const DEFAULT_HEARTBEAT_SECS: f64 = 15.0;
 pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 5;
 pub const DEFAULT_TOKEN_EXPIRY_WARNING_SECS: u64 = 60;
 pub const DEFAULT_TICKET_TTL_SECS: u64 = 30;
+pub const DEFAULT_JWKS_REFETCH_SECS: u64 = 10;
 pub const DEFAULT_REVOKE_TTL_SECS: u64 = 86_400;
 /// How long a demo sign-in lasts by default: the token's `exp` and the
 /// cookie's Max-Age.
@@ -53,6 +54,11 @@ pub struct JwtConfig {
     pub secret: Option<String>,
     /// PEM public key for RS256/ES256.
     pub public_key_file: Option<PathBuf>,
+    /// An identity provider's key set (JWKS) for RS256/ES256, keys chosen
+    /// by `kid`; instead of `public_key_file`.
+    pub jwks_url: Option<String>,
+    /// Least time between two fetches of the key set.
+    pub jwks_refetch: Duration,
     /// PEM private key, only for `herald token` with RS256/ES256.
     pub private_key_file: Option<PathBuf>,
     pub audience: Option<String>,
@@ -204,15 +210,28 @@ impl Config {
             }
         };
         let public_key_file = get("JWT_PUBLIC_KEY_FILE").map(PathBuf::from);
-        if algorithm != JwtAlgorithm::Hs256 && public_key_file.is_none() {
+        let jwks_url = get("JWT_JWKS_URL");
+        if jwks_url.is_some() && algorithm == JwtAlgorithm::Hs256 {
             return Err(ConfigError(
-                "JWT_PUBLIC_KEY_FILE is required when JWT_ALGORITHM is RS256 or ES256".into(),
+                "JWT_JWKS_URL needs JWT_ALGORITHM=RS256 or ES256 (the algorithm is pinned)".into(),
+            ));
+        }
+        if algorithm != JwtAlgorithm::Hs256 && public_key_file.is_none() && jwks_url.is_none() {
+            return Err(ConfigError(
+                "JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL is required when JWT_ALGORITHM is RS256 \
+                 or ES256"
+                    .into(),
             ));
         }
         let jwt = JwtConfig {
             algorithm,
             secret,
             public_key_file,
+            jwks_url,
+            jwks_refetch: Duration::from_secs(positive(
+                "JWT_JWKS_REFETCH_SECS",
+                DEFAULT_JWKS_REFETCH_SECS as usize,
+            )? as u64),
             private_key_file: get("JWT_PRIVATE_KEY_FILE").map(PathBuf::from),
             audience: get("JWT_AUDIENCE"),
             issuer: get("JWT_ISSUER"),

@@ -8,6 +8,7 @@
 //!   events built from them (`Outgoing`, `Stamped`, `Audience`, `Published`).
 //! - [`sse`]: the wire format (encoder, and a parser for clients).
 //! - [`auth`]: where tokens are read, how they are validated, the extractors.
+//! - [`jwks`]: an identity provider's keys, fetched and cached by `kid`.
 //! - [`error`]: the one JSON error shape.
 //! - [`broadcaster`]: the actor and its plain `Hub`, which owns every stream,
 //!   the maps, history and expiries; the actor adds messages and timers.
@@ -45,6 +46,7 @@ mod clock;
 mod config;
 mod domain;
 mod error;
+mod jwks;
 mod metrics;
 mod revocations;
 mod routes;

@@ -91,6 +91,11 @@ impl Application {
         let generated_secret = config.is_development().then(|| random_hex(32));
         let verifier = Verifier::new(&config.jwt, generated_secret.as_deref())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        if let Some(jwks) = verifier.jwks() {
+            // The first keys, in the background: until they arrive, tokens
+            // that need one answer 503.
+            actix_web::rt::task::spawn_blocking(move || jwks.refetch());
+        }
         let revocations = Arc::new(Revocations::new(config.revoke_ttl_secs));
         let auth = web::Data::new(Auth {
             verifier,

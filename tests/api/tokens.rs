@@ -279,3 +279,158 @@ fn base64url(text: &str) -> String {
     }
     out
 }
+
+/// A stand-in identity provider: serves a key set, counts its fetches.
+struct KeyServer {
+    port: u16,
+    keys: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl KeyServer {
+    async fn start(keys: &str) -> Self {
+        use actix_web::{web, App, HttpResponse, HttpServer};
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(keys.to_owned()));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (served, counted) = (shared.clone(), fetches.clone());
+        let server = HttpServer::new(move || {
+            let (served, counted) = (served.clone(), counted.clone());
+            App::new().route(
+                "/jwks.json",
+                web::get().to(move || {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let body = served.lock().unwrap().clone();
+                    async move {
+                        HttpResponse::Ok()
+                            .content_type("application/json")
+                            .body(body)
+                    }
+                }),
+            )
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(("127.0.0.1", 0))
+        .unwrap();
+        let port = server.addrs()[0].port();
+        let server = server.run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        Self {
+            port,
+            keys: shared,
+            fetches,
+            handle,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/jwks.json", self.port)
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// An ES256 token for `sub` naming key `kid`, signed with `private_pem`.
+fn es256_token(sub: &str, kid: &str, private_pem: &str) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.to_owned());
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(
+        &std::fs::read(format!(
+            "{}/tests/fixtures/{private_pem}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    jsonwebtoken::encode(&header, &json!({"sub": sub, "exp": now() + 600}), &key).unwrap()
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+/// Asks until the answer has `status` (the server fetches keys by itself).
+async fn status_becomes(server: &TestServer, token: &str, status: u16) -> Answer {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let answer = server.get_events(token, "").await;
+        if answer.status == status || std::time::Instant::now() > deadline {
+            return answer;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[actix_web::test]
+async fn identity_provider_keys_are_fetched_rotated_and_kept_through_an_outage() {
+    let provider = KeyServer::start(&fixture("jwks-key-1.json")).await;
+    let server = spawn(&[
+        ("JWT_ALGORITHM", "ES256"),
+        ("JWT_JWKS_URL", &provider.url()),
+        ("JWT_JWKS_REFETCH_SECS", "1"),
+    ])
+    .await;
+    let first = es256_token("alice", "key-1", "es256-private.pem");
+    assert_eq!(status_becomes(&server, &first, 200).await.status, 200);
+
+    // The provider rotates to a new key: picked up without a restart.
+    *provider.keys.lock().unwrap() = fixture("jwks-rotated.json");
+    let rotated = es256_token("alice", "key-2", "es256-rotated-private.pem");
+    assert_eq!(status_becomes(&server, &rotated, 200).await.status, 200);
+
+    // Made-up key ids fetch the set at most once per interval.
+    let before = provider.fetches();
+    for _ in 0..5 {
+        let unknown = es256_token("alice", "no-such-key", "es256-private.pem");
+        let answer = server.get_events(&unknown, "").await;
+        assert_eq!(answer.status, 401);
+        assert_eq!(answer.json()["error"], "invalid_token");
+    }
+    assert!(
+        provider.fetches() <= before + 1,
+        "{} fetches",
+        provider.fetches() - before
+    );
+
+    // The provider goes away: cached keys still verify.
+    provider.handle.stop(false).await;
+    assert_eq!(server.get_events(&first, "").await.status, 200);
+    // The algorithm stays pinned: an HS256 token is refused.
+    assert_eq!(
+        server
+            .get_events(&user_token("alice", &[]), "")
+            .await
+            .status,
+        401
+    );
+}
+
+#[actix_web::test]
+async fn before_any_provider_key_was_fetched_tokens_get_503() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = spawn(&[
+        ("JWT_ALGORITHM", "ES256"),
+        (
+            "JWT_JWKS_URL",
+            &format!("http://127.0.0.1:{closed}/jwks.json"),
+        ),
+    ])
+    .await;
+    let answer = server
+        .get_events(&es256_token("alice", "key-1", "es256-private.pem"), "")
+        .await;
+    assert_eq!(answer.status, 503, "{answer}");
+    assert_eq!(answer.json()["error"], "unavailable");
+}
