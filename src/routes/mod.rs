@@ -1,6 +1,7 @@
 //! HTTP endpoints, one file per group. Handlers parse and authorise; they
 //! never touch the Broadcaster's maps, only send it messages.
 
+mod client;
 pub(crate) mod demo;
 mod events;
 mod health;
@@ -94,6 +95,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         Endpoint::new(Method::GET, "/api/stats", health::stats),
         Endpoint::new(Method::GET, "/metrics", health::metrics),
         Endpoint::new(Method::GET, "/healthz", health::healthz),
+        Endpoint::new(Method::GET, "/herald.js", client::script),
         Endpoint::new(Method::GET, "/", demo::page),
         Endpoint::new(Method::POST, "/demo/login", demo::login),
         Endpoint::new(Method::POST, "/demo/logout", demo::logout),

@@ -4,6 +4,7 @@ mod browser;
 mod cluster;
 mod demo;
 mod helpers;
+mod js_client;
 mod lifecycle;
 mod limits;
 mod process;
