@@ -20,6 +20,7 @@ use crate::config::{JwtAlgorithm, JwtConfig};
 use crate::domain::{ChannelPattern, UserId};
 use crate::error::ApiError;
 use crate::jwks::{Jwks, Lookup};
+use crate::revocations::Revocations;
 
 /// The role that may publish and read stats.
 pub const ADMIN_ROLE: &str = "admin";
@@ -346,7 +347,7 @@ pub struct Auth {
     /// Origins besides the server's own that may use cookie auth on writes.
     pub allowed_origins: Vec<String>,
     /// Users and tokens cut off by `POST /api/revoke`.
-    pub revocations: std::sync::Arc<crate::revocations::Revocations>,
+    pub revocations: Arc<Revocations>,
 }
 
 /// Finds the token: `Authorization: Bearer`, then the cookie, then `?token=`.
@@ -425,15 +426,25 @@ async fn identify(req: HttpRequest) -> Result<Identity, ApiError> {
         let _ = actix_web::rt::task::spawn_blocking(move || jwks.refetch()).await;
     }
     let identity = auth.verifier.verify(&token, source)?;
-    if auth.revocations.refuses(
+    not_revoked(&auth.revocations, identity)
+}
+
+/// `identity`, unless its user or token has been revoked (401 token_revoked).
+pub(crate) fn not_revoked(
+    revocations: &Revocations,
+    identity: Identity,
+) -> Result<Identity, ApiError> {
+    let revoked = revocations.refuses(
         &identity.user,
         identity.issued_at,
         identity.token_id.as_deref(),
         unix_now(),
-    ) {
-        return Err(ApiError::TokenRevoked);
+    );
+    if revoked {
+        Err(ApiError::TokenRevoked)
+    } else {
+        Ok(identity)
     }
-    Ok(identity)
 }
 
 impl FromRequest for Identity {

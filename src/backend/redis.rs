@@ -86,6 +86,17 @@ fn unreachable(error: redis::RedisError) -> BusError {
     BusError::Unreachable(format!("Redis: {error}"))
 }
 
+/// Runs a publishing-side command, failing as unreachable if Redis errs or
+/// takes longer than `COMMAND_TIMEOUT`.
+async fn in_time<T>(
+    command: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, BusError> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, command).await {
+        Ok(result) => result.map_err(unreachable),
+        Err(_) => Err(BusError::Unreachable("Redis did not answer in time".into())),
+    }
+}
+
 /// The reader's Broadcaster has stopped, and with it the server: the reader
 /// has nothing left to deliver to and ends.
 #[derive(Debug)]
@@ -312,13 +323,7 @@ impl RedisBus {
             invocation.key(key);
         }
         let mut connection = self.connection.clone();
-        let ids: Vec<String> =
-            match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut connection))
-                .await
-            {
-                Ok(result) => result.map_err(unreachable)?,
-                Err(_) => return Err(BusError::Unreachable("Redis did not answer in time".into())),
-            };
+        let ids: Vec<String> = in_time(invocation.invoke_async(&mut connection)).await?;
         let audiences = events.into_iter().map(|event| event.audience).collect();
         // What this node would reach now; the events themselves arrive through the reader.
         let counts = self
@@ -358,10 +363,7 @@ impl RedisBus {
             .arg(at)
             .ignore();
         let mut connection = self.connection.clone();
-        match tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut connection)).await {
-            Ok(result) => result.map_err(unreachable),
-            Err(_) => Err(BusError::Unreachable("Redis did not answer in time".into())),
-        }
+        in_time(pipe.query_async::<()>(&mut connection)).await
     }
 
     /// Gives the stream `refresh.id` a fresh token on whichever node holds
@@ -413,15 +415,7 @@ impl RedisBus {
             .arg("reply")
             .arg(&reply);
         let posted = command.query_async::<String>(&mut connection);
-        match tokio::time::timeout(COMMAND_TIMEOUT, posted).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(RefreshFailure::Bus(unreachable(e))),
-            Err(_) => {
-                return Err(RefreshFailure::Bus(BusError::Unreachable(
-                    "Redis did not answer in time".into(),
-                )))
-            }
-        }
+        in_time(posted).await.map_err(RefreshFailure::Bus)?;
         // BLPOP blocks its connection: a short-lived one of its own.
         let waited = async {
             let config = AsyncConnectionConfig::new()

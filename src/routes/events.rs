@@ -4,7 +4,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::AppState;
-use crate::auth::Identity;
+use crate::auth::{not_revoked, Identity};
 use crate::broadcaster::{
     ClientId, ClientStream, Connect, ConnectError, ConnectionSocket, NewStream, Outbox,
     Registration,
@@ -80,18 +80,7 @@ pub(super) async fn subscribe(
     let query = query_pairs(&req)?;
     // A ticket, when given, is what the stream is opened with.
     let identity = match query.iter().find(|(key, _)| key == "ticket") {
-        Some((_, ticket)) => {
-            let identity = state.tickets.redeem(ticket).await?;
-            if state.revocations.refuses(
-                &identity.user,
-                identity.issued_at,
-                identity.token_id.as_deref(),
-                crate::clock::unix_now(),
-            ) {
-                return Err(ApiError::TokenRevoked);
-            }
-            identity
-        }
+        Some((_, ticket)) => not_revoked(&state.revocations, state.tickets.redeem(ticket).await?)?,
         None => token?,
     };
     let channels = allowed_channels(&query, &identity, state.config.max_channels_per_connection)?;

@@ -130,6 +130,19 @@ pub(crate) fn content_type_is(req: &HttpRequest, essence: &str) -> bool {
         .is_some_and(|mime| mime.essence_str() == essence)
 }
 
+/// Reads a JSON request body of at most `limit` bytes (415 for another
+/// content type, 413 past the limit).
+pub(crate) async fn read_json_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
+    if !content_type_is(req, "application/json") {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    read_body(payload, limit).await
+}
+
 /// Reads a request body of at most `limit` bytes; more is a 413, and is not
 /// buffered.
 pub(crate) async fn read_body(

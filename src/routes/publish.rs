@@ -4,7 +4,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{content_type_is, read_body, AppState};
+use super::{read_json_body, AppState};
 use crate::auth::Admin;
 use crate::domain::{Audience, Channel, EventName, Outgoing, UserId};
 use crate::error::ApiError;
@@ -114,10 +114,7 @@ pub(super) async fn send(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    if !content_type_is(&req, "application/json") {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    let body = read_body(payload, state.config.max_body_bytes).await?;
+    let body = read_json_body(&req, payload, state.config.max_body_bytes).await?;
     let (events, batch) = parse_body(&body, state.config.max_batch)?;
     let published = state.bus.publish(events).await?;
     let answer = if batch {

@@ -4,7 +4,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{content_type_is, read_body, AppState};
+use super::{read_json_body, AppState};
 use crate::auth::Admin;
 use crate::clock;
 use crate::domain::UserId;
@@ -51,10 +51,7 @@ pub(super) async fn revoke(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    if !content_type_is(&req, "application/json") {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    let body = read_body(payload, state.config.max_body_bytes).await?;
+    let body = read_json_body(&req, payload, state.config.max_body_bytes).await?;
     let revocation = parse(&body)?;
     let at = clock::unix_now();
     state.bus.revoke(revocation.clone(), at).await?;
