@@ -1,17 +1,17 @@
-// Herald's demo page: one EventSource, opened and reopened by the browser
-// itself. Plain script, no build step. Everything received is written with
+// Herald's demo page, built on Herald's own browser client (/herald.js): one
+// stream per browser, shared by its tabs, resumed from the last event after
+// any break. An ES module, no build step. Everything received is written with
 // textContent, never innerHTML, so event data can never become markup.
-'use strict';
+import { connect as connectToHerald } from '/herald.js';
 
-(() => {
-  const app = document.getElementById('app');
-  if (!app) return; // Signed out: there is no stream to open.
+const app = document.getElementById('app');
+if (app) start(app); // Signed out: there is no stream to open.
 
-  /** Names listened to from the start; the person can add more. */
-  const DEFAULT_EVENT_NAMES = ['message', 'update', 'notification', 'alert', 'news'];
-  /** The contract's character sets for channel and event names. */
+function start(app) {
+  /** Events the client handles itself; the list shows the rest. */
+  const CONTROL_EVENTS = new Set(['connected', 'token-expiring', 'token-expired', 'revoked']);
+  /** The contract's character sets for channel names. */
   const CHANNEL_NAME = /^[A-Za-z0-9_.:\/-]{1,128}$/;
-  const EVENT_NAME = /^[A-Za-z0-9_.:-]{1,64}$/;
   /** The list keeps the newest events only, so a busy page stays fast. */
   const MAX_EVENTS_SHOWN = 200;
 
@@ -20,17 +20,15 @@
   /** Whether this page can mint a fresh token itself (the demo sign-in). */
   const demoLogin = app.dataset.demoLogin === 'true';
 
-  let source = null;
+  /** The open client, from herald.js. */
+  let herald = null;
   /** The channels the stream is on, as the server confirmed them. */
   let channels = [];
-  /** The id of the newest event received: where a reconnect resumes from. */
+  /** Where the next stream resumes from: the newest event seen. */
   let lastEventId = '';
-  /** Ids already shown, so a replay after joining never shows one twice. */
+  /** Ids already shown, so an event is never shown twice. */
   const seenIds = new Set();
-  const watched = new Set();
   let received = 0;
-  /** The open stream's id, for refreshing its token in place. */
-  let clientId = '';
   /** Times the stream's token was refreshed in place. */
   let refreshes = 0;
 
@@ -39,93 +37,72 @@
     badge.textContent = state;
     badge.dataset.state = state;
     $('reconnect').hidden = state !== 'closed';
+    $('tab-role').textContent = herald ? herald.role : '—';
   }
 
   /** Opens (or reopens) the stream with the current channels, resuming after lastEventId. */
   function connect() {
-    if (source) source.close();
-    const params = new URLSearchParams();
-    if (channels.length > 0) params.set('channels', channels.join(','));
-    // A new EventSource starts without a Last-Event-ID; the query parameter
-    // carries the resume point across the switch instead.
-    if (lastEventId) params.set('last_event_id', lastEventId);
-    const query = params.toString();
-    const stream = new EventSource('/api/events' + (query ? '?' + query : ''), {
-      withCredentials: true,
+    if (herald) {
+      lastEventId = herald.lastEventId || lastEventId;
+      herald.close();
+    }
+    const client = connectToHerald({
+      channels,
+      lastEventId,
+      // The token is in an HttpOnly cookie: the demo's sign-in sets a fresh
+      // one, and the client then refreshes the open stream with it.
+      renewCookie: demoLogin ? renewCookie : undefined,
     });
-    source = stream;
-    setState('connecting');
+    herald = client;
+    setState(client.status);
     $('expired').hidden = true;
-
-    // A closed stream fires nothing, but guard anyway: only the current one may update the page.
-    const current = (handler) => (event) => {
-      if (stream === source) handler(event);
-    };
-    stream.addEventListener('open', current(() => setState('open')));
-    stream.addEventListener('error', current(() => {
-      // CONNECTING means the browser is retrying by itself (after `retry:`);
-      // CLOSED means it gave up, as it does on an error status such as 401.
-      setState(stream.readyState === EventSource.CLOSED ? 'closed' : 'reconnecting');
-    }));
-    stream.addEventListener('connected', current(onConnected));
-    stream.addEventListener('token-expired', current(onTokenExpired));
-    stream.addEventListener('token-expiring', current(onTokenExpiring));
-    for (const name of watched) stream.addEventListener(name, current(onEvent));
+    client.onStatus((status) => setState(status));
+    client.on('connected', onConnected);
+    client.on('token-expiring', onTokenExpiring);
+    client.on('token-expired', () => {
+      // Reconnecting with the same cookie would only be refused.
+      client.close();
+      $('expired').hidden = false;
+      setState('closed');
+    });
+    client.onGap(() => {
+      $('missed').hidden = false;
+    });
+    client.onRefresh(() => {
+      refreshes += 1;
+      $('token-refreshes').textContent = String(refreshes);
+      $('token-expiry').textContent = 'refreshed';
+    });
+    client.onAny((event) => {
+      if (!CONTROL_EVENTS.has(event.event)) onEvent(event);
+    });
   }
 
-  function onConnected(event) {
-    const info = JSON.parse(event.data);
+  function onConnected(info) {
     channels = info.channels;
-    clientId = info.client_id;
     $('stream-user').textContent = info.user;
     $('stream-client-id').textContent = info.client_id;
     $('stream-channels').textContent = info.channels.length > 0 ? info.channels.join(', ') : 'none';
     $('stream-replayed').textContent = String(info.replayed);
-    $('missed').hidden = info.recovered;
-    setState('open');
+    $('tab-role').textContent = herald.role;
   }
 
-  /**
-   * The token expires soon: sign in again in the background (the demo's own
-   * way to mint a fresh token into the cookie), then hand the fresh token to
-   * the open stream, which carries on without reconnecting.
-   */
-  async function onTokenExpiring(event) {
-    const { expires_at: expiresAt } = JSON.parse(event.data);
+  function onTokenExpiring({ expires_at: expiresAt }) {
     const until = new Date(expiresAt * 1000).toLocaleString();
-    if (!demoLogin) {
-      // The token came from elsewhere: only its owner can get a fresh one.
-      $('token-expiry').textContent = `${until} (expiring soon)`;
-      return;
-    }
-    $('token-expiry').textContent = `${until} (refreshing…)`;
-    try {
-      const form = new URLSearchParams({ user: app.dataset.user });
-      if (admin) form.set('admin', 'on');
-      await fetch('/demo/login', {
-        method: 'POST',
-        credentials: 'same-origin',
-        redirect: 'manual',
-        body: form,
-      });
-      const response = await fetch(`/api/streams/${encodeURIComponent(clientId)}/token`, {
-        method: 'POST',
-        credentials: 'same-origin',
-      });
-      if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
-      refreshes += 1;
-      $('token-refreshes').textContent = String(refreshes);
-      $('token-expiry').textContent = 'refreshed';
-    } catch (error) {
-      $('token-expiry').textContent = `${new Date(expiresAt * 1000).toLocaleString()} (refresh failed: ${error.message})`;
-    }
+    // Without the demo's sign-in, only the token's owner can get a fresh one.
+    $('token-expiry').textContent = demoLogin ? `${until} (refreshing…)` : `${until} (expiring soon)`;
   }
 
-  function onTokenExpired() {
-    // Reconnecting with the same cookie would only be refused.
-    source.close();
-    setState('closed');
-    $('expired').hidden = false;
+  /** The demo's own way to mint a fresh token into the cookie: sign in again. */
+  async function renewCookie() {
+    const form = new URLSearchParams({ user: app.dataset.user });
+    if (admin) form.set('admin', 'on');
+    await fetch('/demo/login', {
+      method: 'POST',
+      credentials: 'same-origin',
+      redirect: 'manual',
+      body: form,
+    });
   }
 
   /**
@@ -140,12 +117,13 @@
       // Oldest first: each is put on top, as live events are.
       for (const item of [...page.events].reverse()) {
         onEvent({
-          type: item.event,
-          lastEventId: item.id,
+          event: item.event,
+          id: item.id,
           data: JSON.stringify(item.data),
           time: new Date(item.published_at),
           fromHistory: true,
         });
+        lastEventId = item.id;
       }
     } catch {
       // Without the list the page still works: the stream opens all the same.
@@ -153,10 +131,9 @@
   }
 
   function onEvent(event) {
-    if (event.lastEventId) {
-      if (seenIds.has(event.lastEventId)) return;
-      seenIds.add(event.lastEventId);
-      lastEventId = event.lastEventId;
+    if (event.id) {
+      if (seenIds.has(event.id)) return;
+      seenIds.add(event.id);
     }
     received += 1;
     $('event-count').textContent = String(received);
@@ -164,33 +141,20 @@
 
     const item = document.createElement('li');
     item.className = 'event';
-    item.dataset.name = event.type;
-    item.dataset.id = event.lastEventId;
+    item.dataset.name = event.event;
+    item.dataset.id = event.id;
     if (event.fromHistory) item.classList.add('event-earlier');
     const head = document.createElement('div');
     head.className = 'event-head';
     head.append(
-      element('span', 'event-name', event.type),
-      element('code', 'event-id', event.lastEventId || '(no id)'),
+      element('span', 'event-name', event.event),
+      element('code', 'event-id', event.id || '(no id)'),
       element('time', 'event-time', clock(event.time || new Date())),
     );
     item.append(head, element('pre', 'event-data', pretty(event.data)));
     const list = $('events');
     list.prepend(item);
     while (list.children.length > MAX_EVENTS_SHOWN) list.lastElementChild.remove();
-  }
-
-  /** Listens for `name` on the current stream and every later one. */
-  function watch(name) {
-    if (watched.has(name)) return;
-    watched.add(name);
-    if (source) {
-      const stream = source;
-      stream.addEventListener(name, (event) => {
-        if (stream === source) onEvent(event);
-      });
-    }
-    $('watched').append(element('li', 'chip', name));
   }
 
   function element(tag, className, text) {
@@ -241,18 +205,6 @@
     connect();
   });
 
-  $('watch-form').addEventListener('submit', (event) => {
-    event.preventDefault();
-    const { list, bad } = names($('watch-name').value, EVENT_NAME);
-    if (bad !== undefined) {
-      showError('watch-error', `"${bad}" is not an event name (1-64 of A-Z a-z 0-9 _ . : -).`);
-      return;
-    }
-    showError('watch-error', '');
-    list.forEach(watch);
-    $('watch-name').value = '';
-  });
-
   $('reconnect').addEventListener('click', connect);
 
   $('clear-events').addEventListener('click', () => {
@@ -290,8 +242,6 @@
       const body = { event: name, data };
       if (kind.value === 'user') body.user = target.value.trim();
       if (kind.value === 'channel') body.channel = target.value.trim();
-      // Otherwise the event would arrive unseen: EventSource needs a listener per name.
-      if (EVENT_NAME.test(name)) watch(name);
       result.textContent = 'Sending…';
       try {
         // Same origin: the HttpOnly cookie goes along, and the server checks
@@ -312,6 +262,5 @@
     });
   }
 
-  DEFAULT_EVENT_NAMES.forEach(watch);
   loadRecent().then(connect);
-})();
+}

@@ -25,6 +25,12 @@ export interface HeraldOptions {
   channels?: string[];
   /** Returns a bearer token. Without it the cookie is used (credentials: 'include'). */
   getToken?: () => string | Promise<string>;
+  /**
+   * Cookie mode only: has the app's back end set a fresh token cookie (for
+   * example by calling its own session endpoint). On `token-expiring` the
+   * client calls it, then refreshes the open stream in place with the new cookie.
+   */
+  renewCookie?: () => unknown | Promise<unknown>;
   /** One stream per browser, shared by its tabs (needs Web Locks and BroadcastChannel). Default true. */
   share?: boolean;
   /** Resume from this id on the first connection. */
@@ -41,6 +47,10 @@ export interface Herald {
   onStatus(listener: (status: HeraldStatus, reason?: string) => void): Unsubscribe;
   /** A resume was answered with `recovered: false`: some events were missed. */
   onGap(listener: () => void): Unsubscribe;
+  /** The stream's token was refreshed in place (after `token-expiring`). */
+  onRefresh(listener: () => void): Unsubscribe;
+  /** 'leader': this tab holds the shared stream; 'follower': another tab does; 'alone': no sharing. */
+  readonly role: 'leader' | 'follower' | 'alone';
   close(): void;
   readonly status: HeraldStatus;
   /** Why the client closed for good: 'unauthorized', 'revoked', 'http 403', 'closed by client', ... */

@@ -118,17 +118,19 @@ function originOf(url, base) {
 /**
  * The core: one stream with reconnection. Everything it touches is injectable.
  * options: url, channels, getToken, lastEventId, fetch, setTimeout,
- * clearTimeout, random, base, onEvent(event, hasOwnId, lastEventId),
- * onStatus(status, reason), onGap().
+ * clearTimeout, random, base, renewCookie, onEvent(event, hasOwnId, lastEventId),
+ * onStatus(status, reason), onGap(), onRefresh().
  */
 export function createStream(options) {
   const {
     url = '/api/events',
     channels = [],
     getToken,
+    renewCookie,
     onEvent = () => {},
     onStatus = () => {},
     onGap = () => {},
+    onRefresh = () => {},
   } = options;
   const doFetch = options.fetch || ((...a) => globalThis.fetch(...a));
   const setT = options.setTimeout || ((...a) => globalThis.setTimeout(...a));
@@ -143,7 +145,6 @@ export function createStream(options) {
   let status = null;
   let clientId = null;
   let nextToken = null; // a token already fetched for the next connection
-  let currentToken = null;
   let abort = null; // AbortController of the current fetch
   let reader = null;
   let restartNow = false;
@@ -222,17 +223,29 @@ export function createStream(options) {
     );
   }
 
+  /**
+   * Hands the stream a fresh token in place (POST /api/streams/{id}/token):
+   * from getToken in the Authorization header, or, in cookie mode, the cookie
+   * that renewCookie() had the app's back end set. If that fails, reconnects
+   * with the fresh credentials from the last id, so nothing is missed.
+   */
   async function refreshToken() {
     let token = null;
     try {
-      token = await getToken();
+      const init = { method: 'POST', credentials: getToken ? 'same-origin' : 'include' };
+      if (getToken) {
+        token = await getToken();
+        init.headers = { Authorization: 'Bearer ' + token };
+      } else {
+        await renewCookie();
+      }
       if (closed) return;
       const res = await doFetch(
         originOf(url, base) + '/api/streams/' + encodeURIComponent(clientId) + '/token',
-        { method: 'POST', headers: { Authorization: 'Bearer ' + token }, credentials: 'same-origin' },
+        init,
       );
       if (res.ok) {
-        currentToken = token;
+        onRefresh();
         return;
       }
     } catch {}
@@ -255,9 +268,9 @@ export function createStream(options) {
     onEvent(event, hasOwnId, lastEventId);
     if (closed) return;
     if (event.event === 'token-expiring') {
-      if (getToken && clientId) refreshToken();
+      if ((getToken || renewCookie) && clientId) refreshToken();
     } else if (event.event === 'token-expired') {
-      if (getToken) restart();
+      if (getToken || renewCookie) restart();
     } else if (event.event === 'revoked') {
       finish('revoked');
     }
@@ -283,7 +296,6 @@ export function createStream(options) {
         }
         if (closed) return;
       }
-      currentToken = token;
       resuming = lastEventId !== '';
       const headers = { Accept: 'text/event-stream' };
       if (token) headers.Authorization = 'Bearer ' + token;
@@ -372,6 +384,7 @@ export function connect(options = {}) {
   const anyListeners = new Set();
   const statusListeners = new Set();
   const gapListeners = new Set();
+  const refreshListeners = new Set();
   const seen = new Set();
   const seenOrder = [];
   let lastEventId = options.lastEventId || '';
@@ -381,6 +394,7 @@ export function connect(options = {}) {
   let channel = null;
   let releaseLock = null;
   let lockAbort = null;
+  let role = 'alone';
 
   const herald = {
     closedReason: null,
@@ -389,6 +403,10 @@ export function connect(options = {}) {
     },
     get lastEventId() {
       return lastEventId;
+    },
+    /** 'leader' (holds the shared stream), 'follower' (hears it from the leader) or 'alone'. */
+    get role() {
+      return role;
     },
     on(type, fn) {
       if (!byType.has(type)) byType.set(type, new Set());
@@ -406,6 +424,10 @@ export function connect(options = {}) {
     onGap(fn) {
       gapListeners.add(fn);
       return () => gapListeners.delete(fn);
+    },
+    onRefresh(fn) {
+      refreshListeners.add(fn);
+      return () => refreshListeners.delete(fn);
     },
     close() {
       if (closed) return;
@@ -450,6 +472,11 @@ export function connect(options = {}) {
     for (const fn of [...gapListeners]) call(fn);
   }
 
+  function refreshed() {
+    if (closed) return;
+    for (const fn of [...refreshListeners]) call(fn);
+  }
+
   function shutdown(reason) {
     setStatus('closed', reason);
     closed = true;
@@ -492,11 +519,16 @@ export function connect(options = {}) {
         relay?.({ type: 'gap' });
         gap();
       },
+      onRefresh() {
+        relay?.({ type: 'refresh' });
+        refreshed();
+      },
     });
   }
 
   if (share && locks && typeof locks.request === 'function' && typeof BC === 'function') {
     channel = new BC(key);
+    role = 'follower';
     let leader = false;
     const post = (m) => {
       try {
@@ -513,6 +545,7 @@ export function connect(options = {}) {
       if (m.lastEventId !== undefined) lastEventId = m.lastEventId;
       if (m.type === 'event') deliver(m.event, m.hasOwnId, m.lastEventId);
       else if (m.type === 'gap') gap();
+      else if (m.type === 'refresh') refreshed();
       else if (m.type === 'status') {
         if (m.status === 'closed') shutdown(m.reason);
         else setStatus(m.status, m.reason);
@@ -523,6 +556,7 @@ export function connect(options = {}) {
       .request(key, lockAbort ? { signal: lockAbort.signal } : {}, () => {
         if (closed) return;
         leader = true;
+        role = 'leader';
         open(post);
         return new Promise((resolve) => {
           releaseLock = resolve;

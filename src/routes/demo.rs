@@ -1,12 +1,12 @@
 //! `GET /` (the demo page), `POST /demo/login` and `POST /demo/logout`.
 //!
 //! The page is rendered on the server from `templates/demo.html`; everything
-//! live happens in the browser's own `EventSource`, driven by the plain
-//! script `templates/demo.js` (served at `/demo/demo.js`, no build step).
+//! live happens in the browser, in the module `templates/demo.js` (served at
+//! `/demo/demo.js`, no build step) built on Herald's own client, `/herald.js`.
 //!
 //! Sign-in mints a token with the server's own key and stores it in an
 //! HttpOnly cookie, the way a real back end hands Herald tokens to a browser:
-//! the page's script never sees the token, and `EventSource` and `fetch` carry
+//! the page's script never sees the token, and the client's `fetch` carries
 //! it because the cookie is same-site.
 
 use actix_web::cookie::{time, Cookie, SameSite};
@@ -61,7 +61,7 @@ pub(super) async fn page(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let cookie_name = state.config.auth_cookie_name.as_str();
-    // The page's EventSource can only carry the cookie, so a token that came
+    // The page's stream carries only the cookie, so a token that came
     // in a header or the URL does not sign this page in.
     let visitor = identity
         .filter(|identity| identity.source == TokenSource::Cookie)

@@ -67,6 +67,7 @@ test('tabs share one stream; a follower takes over from the last id and never de
   await flush(10);
   assert.equal(a.fetch.calls.length, 1, 'the first tab leads');
   assert.equal(b.fetch.calls.length, 0, 'the second tab follows');
+  assert.deepEqual([a.herald.role, b.herald.role], ['leader', 'follower']);
   a.fetch.calls[0].push(connected() + 'id: 1\ndata: one\n\nid: 2\ndata: two\n\n');
   await flush(10);
   assert.deepEqual(a.seen, ['connected', 'one', 'two']);
@@ -86,6 +87,7 @@ test('tabs share one stream; a follower takes over from the last id and never de
   assert.equal(b.fetch.calls.length, 1);
   assert.equal(c.fetch.calls.length, 0);
   assert.equal(b.fetch.calls[0].headers['Last-Event-ID'], '2');
+  assert.deepEqual([b.herald.role, c.herald.role], ['leader', 'follower']);
   // the server replays id 2 (say): no tab delivers it twice
   b.fetch.calls[0].push(connected() + 'id: 2\ndata: two\n\nid: 3\ndata: three\n\n');
   await flush(10);
@@ -123,5 +125,6 @@ test('without Web Locks or BroadcastChannel each tab holds its own stream', asyn
   const tabs = [mk({}), mk({}), mk({ locks, BroadcastChannel: undefined }), mk({ locks, BroadcastChannel: undefined }), mk({ locks, BroadcastChannel, share: false })];
   await flush(10);
   assert.deepEqual(tabs.map((t) => t.fetch.calls.length), [1, 1, 1, 1, 1]);
+  assert.ok(tabs.every((t) => t.herald.role === 'alone'));
   for (const t of tabs) t.herald.close();
 });

@@ -191,7 +191,28 @@ test('a failed refresh reconnects at once with the new token from the last id', 
   herald.close();
 });
 
-test('without getToken, token-expiring does nothing', async () => {
+test('with renewCookie, token-expiring renews the cookie and refreshes in place with it', async () => {
+  let renewals = 0;
+  let refreshes = 0;
+  const { herald, fetch } = setup({ renewCookie: async () => renewals++ }, (call) =>
+    call.init.method === 'POST' ? { status: 204 } : undefined,
+  );
+  herald.onRefresh(() => refreshes++);
+  await flush();
+  fetch.calls[0].push(connected({ client_id: 'c1' }) + 'event: token-expiring\ndata: {}\n\n');
+  await flush();
+  assert.equal(renewals, 1);
+  assert.equal(fetch.calls.length, 2);
+  const post = fetch.calls[1];
+  assert.equal(post.url, 'https://h.test/api/streams/c1/token');
+  assert.equal(post.init.credentials, 'include', 'the renewed cookie goes along');
+  assert.equal(post.headers.Authorization, undefined, 'no token in cookie mode');
+  assert.equal(fetch.calls[0].cancelled, false, 'the stream stays open');
+  assert.equal(refreshes, 1, 'onRefresh heard of it');
+  herald.close();
+});
+
+test('without getToken or renewCookie, token-expiring does nothing', async () => {
   const { herald, fetch } = setup();
   await flush();
   fetch.calls[0].push(connected() + 'event: token-expiring\ndata: {}\n\n');
