@@ -549,16 +549,23 @@ impl Hub {
             return Err(RefreshError::ChannelNotAllowed(denied.clone()));
         }
         self.expiries.remove(&(client.valid_until, id));
-        if let Some(warn_at) = client.warn_at.take() {
+        let pending = client.warn_at.take();
+        if let Some(warn_at) = pending {
             self.warnings.remove(&(warn_at, id));
         }
+        // A token that expires no later than the one already warned about
+        // is not warned about again: a client handed the same token (or one
+        // as short) would otherwise refresh in a loop.
+        let warn = pending.is_some() || expires_at > client.expires_at;
         client.valid_until = valid_until;
         client.expires_at = expires_at;
-        let warn_at = expires_at.saturating_sub(self.limits.expiry_warning_secs);
-        client.warn_at = Some(warn_at);
         self.expiries.insert((valid_until, id));
-        self.warnings.insert((warn_at, id));
-        self.warn(now);
+        if warn {
+            let warn_at = expires_at.saturating_sub(self.limits.expiry_warning_secs);
+            client.warn_at = Some(warn_at);
+            self.warnings.insert((warn_at, id));
+            self.warn(now);
+        }
         Ok(())
     }
 
@@ -1079,6 +1086,24 @@ mod tests {
         assert_eq!(frames[1].data, r#"{"expires_at":1030}"#);
         hub.expire(1_010);
         assert!(received(&outbox).is_empty(), "one warning per token");
+    }
+
+    #[test]
+    fn a_refresh_that_does_not_extend_the_token_is_not_warned_again() {
+        let mut hub = hub();
+        let (id, outbox) = open_expiring(&mut hub, 1_030, 1_000);
+        assert_eq!(names(&received(&outbox)), ["connected", "token-expiring"]);
+        let any = |_: &Channel| true;
+        hub.refresh(id, &user("alice"), any, 1_030, 1_030, 1_001)
+            .unwrap();
+        assert!(received(&outbox).is_empty(), "the same expiry: no warning");
+        hub.refresh(id, &user("alice"), any, 1_050, 1_050, 1_002)
+            .unwrap();
+        assert_eq!(
+            names(&received(&outbox)),
+            ["token-expiring"],
+            "a later expiry, inside the window: warned again"
+        );
     }
 
     #[test]
