@@ -1,6 +1,7 @@
 //! Herald's integration tests: a real server on a random port, real HTTP.
 
 mod browser;
+mod browser_client;
 mod cluster;
 mod demo;
 mod helpers;

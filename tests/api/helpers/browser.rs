@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use fantoccini::cookies::Cookie;
+pub use fantoccini::wd::WindowHandle;
 use fantoccini::Locator;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Map, Value};
@@ -382,6 +383,43 @@ impl Browser {
             .screenshot()
             .await
             .unwrap_or_else(|e| panic!("screenshot: {e}"))
+    }
+
+    /// The tab the commands go to now.
+    pub async fn current_tab(&self) -> WindowHandle {
+        self.client
+            .window()
+            .await
+            .unwrap_or_else(|e| panic!("the current tab: {e}"))
+    }
+
+    /// Opens a new tab of the same browser context and switches to it.
+    pub async fn new_tab(&self) -> WindowHandle {
+        let tab = self
+            .client
+            .new_window(true)
+            .await
+            .unwrap_or_else(|e| panic!("a new tab: {e}"))
+            .handle;
+        self.switch_to(&tab).await;
+        tab
+    }
+
+    /// Sends the next commands to `tab`.
+    pub async fn switch_to(&self, tab: &WindowHandle) {
+        self.client
+            .switch_to_window(tab.clone())
+            .await
+            .unwrap_or_else(|e| panic!("switching tabs: {e}"));
+    }
+
+    /// Closes the current tab, as a person closing it would; switch to
+    /// another before the next command.
+    pub async fn close_tab(&self) {
+        self.client
+            .close_window()
+            .await
+            .unwrap_or_else(|e| panic!("closing a tab: {e}"));
     }
 
     /// Ends the session, which closes the browser.
