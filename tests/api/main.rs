@@ -9,6 +9,7 @@ mod js_client;
 mod lifecycle;
 mod limits;
 mod process;
+mod proxy;
 mod publish;
 mod resume;
 mod retention;

@@ -103,6 +103,14 @@ impl Herald {
         panic!("herald did not exit within {limit:?}; log:\n{}", self.log());
     }
 
+    /// Whether the process has exited, and if so whether cleanly; does not wait.
+    pub fn exited(&mut self) -> Option<bool> {
+        self.child
+            .try_wait()
+            .expect("the process can be asked about")
+            .map(|status| status.success())
+    }
+
     pub fn resident_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let kib: u64 = status

@@ -3,6 +3,7 @@
 
 pub mod binary;
 pub mod browser;
+pub mod nginx;
 pub mod redis;
 
 use std::collections::{HashMap, VecDeque};
@@ -407,6 +408,8 @@ type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, awc::error::PayloadErr
 /// One SSE response, read frame by frame with timeouts.
 pub struct Sse {
     pub status: u16,
+    /// The HTTP version the answer came in (HTTP/2 through a TLS proxy).
+    pub version: actix_web::http::Version,
     pub headers: HeaderMap,
     body: BodyStream,
     parser: Parser,
@@ -419,6 +422,7 @@ impl Sse {
         let response = request.send().await.expect("stream request");
         Self {
             status: response.status().as_u16(),
+            version: response.version(),
             headers: response.headers().clone(),
             body: Box::pin(response),
             parser: Parser::new(),
@@ -495,6 +499,11 @@ impl Sse {
 
     pub fn retry(&self) -> Option<u64> {
         self.parser.retry
+    }
+
+    /// Whether the server has ended the stream (and every frame was read).
+    pub fn is_over(&self) -> bool {
+        self.ended && self.pending.is_empty()
     }
 }
 
