@@ -334,7 +334,7 @@ async fn a_node_stopped_with_sigterm_hands_its_streams_to_the_other_node_losing_
         let answer = staying
             .publish(&admin_token(), &json!({"user": "alice", "data": published}))
             .await;
-        assert_eq!(answer.status, 202, "{answer}");
+        assert_eq!(answer.status, 202, "{answer}; log:\n{}", staying.log());
         published += 1;
         // Events spread over the drain, not a burst before it.
         actix_web::rt::time::sleep(Duration::from_millis(25)).await;

@@ -291,7 +291,13 @@ impl Proxied {
             .post(self.nginx.url("/api/send"))
             .bearer_auth(super::admin_token());
         let answer = Answer::of(request.send_json(body)).await;
-        assert_eq!(answer.status, 202, "publish through nginx: {answer}");
+        assert_eq!(
+            answer.status,
+            202,
+            "publish through nginx: {answer}; logs:\n{}\n---\n{}",
+            self.nodes[0].log(),
+            self.nodes[1].log()
+        );
         answer.into_json()
     }
 
