@@ -74,7 +74,8 @@ fn serve() -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot start: {e}"))?;
         let base = format!(
-            "http://{}:{}",
+            "{}://{}:{}",
+            app.scheme(),
             if host == "0.0.0.0" {
                 "127.0.0.1"
             } else {
