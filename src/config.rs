@@ -111,7 +111,7 @@ pub struct Config {
 }
 
 /// Where the TLS certificate and its key are (`TLS_CERT_FILE`,
-/// `TLS_KEY_FILE`): both PEM, read at start.
+/// `TLS_KEY_FILE`): both PEM, read at start and again on `SIGHUP`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
     /// The server's certificate, then any intermediates it needs.

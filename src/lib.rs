@@ -20,7 +20,7 @@
 //!   and its writer thread, which commits concurrent publishes together.
 //! - [`revocations`]: revoked users and tokens, checked on every request.
 //! - [`tickets`]: single-use stream tickets, so no token need be in a URL.
-//! - [`tls`]: the HTTPS certificate and key.
+//! - [`tls`]: the HTTPS certificate and key, and their reload on `SIGHUP`.
 //! - [`startup`]: `Application`: bind (HTTP, or HTTPS with HTTP/2), start,
 //!   serve, stop.
 //!

@@ -310,7 +310,7 @@ impl Application {
         }
     }
 
-    /// The served certificate, to reload it; `None` without TLS.
+    /// The served certificate, to reload it (`SIGHUP`); `None` without TLS.
     pub fn certificates(&self) -> Option<Certificates> {
         self.certificates.clone()
     }

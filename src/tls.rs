@@ -1,5 +1,6 @@
 //! HTTPS: the server's certificate and key, read from PEM files, served
-//! through rustls, and swapped in place by [`Certificates::reload`].
+//! through rustls, and swapped in place by [`Certificates::reload`] (on
+//! `SIGHUP`).
 //!
 //! rustls asks a [`ResolvesServerCert`] for the certificate of every new
 //! handshake. Herald's resolver hands out whatever [`CertifiedKey`] is current,

@@ -1,12 +1,12 @@
 //! HTTPS and HTTP/2: certificates made by a test CA, HTTP/1.1 and HTTP/2
-//! clients (Node's `http2` for many streams on one connection), and
-//! start-up with unusable files.
+//! clients (Node's `http2` for many streams on one connection), the
+//! certificate reload on SIGHUP, and start-up with unusable files.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::binary::run_to_exit;
+use crate::helpers::binary::{run_to_exit, Herald};
 use crate::helpers::node::NodeScript;
 use crate::helpers::tls::{handshake, https_client, TestCa, TlsFiles};
 use crate::helpers::*;
@@ -175,6 +175,73 @@ fn unusable_certificate_files_stop_start_up_naming_the_file() {
             assert!(log.contains(text), "{env:?}: no {text:?} in:\n{log}");
         }
     }
+}
+
+#[actix_web::test]
+async fn sighup_swaps_in_a_renewed_certificate_and_open_streams_carry_on() {
+    let ca = TestCa::new("Herald test CA");
+    let first = ca.issue();
+    let files = TlsFiles::new(&first);
+    let mut env = files.env().to_vec();
+    env.push(("JWT_SECRET", SECRET));
+    let mut herald = Herald::start(&env);
+    let port = herald.port;
+    let client = https_client(&ca);
+    let served = || async {
+        handshake(port, &ca.pem, &["h2", "http/1.1"])
+            .await
+            .certificate
+    };
+    assert_eq!(served().await, first.der);
+
+    let token = user_token("alice", &[]);
+    let mut stream = Sse::open(client.get(herald.url("/api/events")).bearer_auth(&token)).await;
+    assert_eq!(stream.status, 200);
+    assert_eq!(stream.next().await.event, "connected");
+
+    let renewed = ca.issue();
+    files.write(&renewed);
+    herald.signal(libc::SIGHUP);
+    let log = herald.wait_for_log("certificate reloaded").await;
+    assert!(log.contains(files.cert.to_str().unwrap()), "{log}");
+    assert_eq!(
+        served().await,
+        renewed.der,
+        "new connections get the new certificate"
+    );
+
+    let publish = |event: &'static str| {
+        let request = client
+            .post(herald.url("/api/send"))
+            .bearer_auth(admin_token());
+        Answer::of(request.send_json(&json!({"user": "alice", "event": event, "data": {}})))
+    };
+    assert_eq!(publish("after-reload").await.status, 202);
+    assert_eq!(
+        stream.next().await.event,
+        "after-reload",
+        "the stream opened before the reload still receives"
+    );
+
+    // A renewal gone wrong: the key no longer fits. The old pair stays.
+    std::fs::write(&files.key, ca.issue().key_pem).unwrap();
+    herald.signal(libc::SIGHUP);
+    let log = herald.wait_for_log("reload failed").await;
+    assert!(log.contains("is not the key of the certificate"), "{log}");
+    assert_eq!(served().await, renewed.der);
+    assert_eq!(publish("after-failed-reload").await.status, 202);
+    assert_eq!(stream.next().await.event, "after-failed-reload");
+    assert!(herald.is_running());
+}
+
+#[actix_web::test]
+async fn sighup_without_tls_is_logged_and_ignored() {
+    let mut herald = Herald::start(&[("JWT_SECRET", SECRET)]);
+    herald.signal(libc::SIGHUP);
+    herald.wait_for_log("SIGHUP ignored").await;
+    assert!(herald.is_running(), "SIGHUP did not end the process");
+    let health = Answer::of(client().get(herald.url("/healthz")).send()).await;
+    assert_eq!(health.status, 200);
 }
 
 #[actix_web::test]
