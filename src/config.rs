@@ -106,6 +106,18 @@ pub struct Config {
     pub demo_login: bool,
     /// Streams are ended spread over this window at shutdown.
     pub shutdown_drain: Duration,
+    /// The certificate and key to serve HTTPS with; plain HTTP without.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where the TLS certificate and its key are (`TLS_CERT_FILE`,
+/// `TLS_KEY_FILE`): both PEM, read at start and again on `SIGHUP`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The server's certificate, then any intermediates it needs.
+    pub cert_file: PathBuf,
+    /// The private key of the first certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// Where a single node keeps its retained events (`STORAGE`). With
@@ -250,6 +262,21 @@ impl Config {
             }
         };
 
+        let tls = match (get("TLS_CERT_FILE"), get("TLS_KEY_FILE")) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert_file: PathBuf::from(cert),
+                key_file: PathBuf::from(key),
+            }),
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError(
+                    "TLS_CERT_FILE and TLS_KEY_FILE go together: set both to serve HTTPS, \
+                     or neither for plain HTTP"
+                        .into(),
+                ))
+            }
+        };
+
         let port = match get("PORT") {
             Some(raw) => raw
                 .trim()
@@ -319,6 +346,7 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_REDIS_STREAM_KEY.into()),
             demo_login,
             shutdown_drain: seconds("SHUTDOWN_DRAIN_SECS", DEFAULT_SHUTDOWN_DRAIN_SECS)?,
+            tls,
         })
     }
 
@@ -422,6 +450,26 @@ mod tests {
         ] {
             let err = config(&[(name, value)]).unwrap_err();
             assert!(err.0.contains(name), "{name}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn tls_needs_both_the_certificate_and_the_key() {
+        assert_eq!(config(&[]).unwrap().tls, None);
+        let both = config(&[("TLS_CERT_FILE", "c.pem"), ("TLS_KEY_FILE", "k.pem")]).unwrap();
+        assert_eq!(
+            both.tls,
+            Some(TlsFiles {
+                cert_file: "c.pem".into(),
+                key_file: "k.pem".into()
+            })
+        );
+        for alone in ["TLS_CERT_FILE", "TLS_KEY_FILE"] {
+            let err = config(&[(alone, "x.pem")]).unwrap_err();
+            assert!(
+                err.0.contains("TLS_CERT_FILE") && err.0.contains("TLS_KEY_FILE"),
+                "{alone} alone: {err}"
+            );
         }
     }
 

@@ -20,7 +20,9 @@
 //!   and its writer thread, which commits concurrent publishes together.
 //! - [`revocations`]: revoked users and tokens, checked on every request.
 //! - [`tickets`]: single-use stream tickets, so no token need be in a URL.
-//! - [`startup`]: `Application`: bind, start, serve, stop.
+//! - [`tls`]: the HTTPS certificate and key, and their reload on `SIGHUP`.
+//! - [`startup`]: `Application`: bind (HTTP, or HTTPS with HTTP/2), start,
+//!   serve, stop.
 //!
 //! # The path of an event
 //!
@@ -54,6 +56,7 @@ pub mod sse;
 mod startup;
 mod store;
 mod tickets;
+mod tls;
 
 // What the binary, the tests and the examples use; everything else is private.
 pub use auth::{TokenSource, Verifier};
@@ -62,3 +65,4 @@ pub use config::DEFAULT_DEMO_TOKEN_TTL_SECS as DEMO_TOKEN_TTL_SECS;
 pub use config::{raise_open_file_limit, Config};
 pub use domain::EventId;
 pub use startup::{Application, Shutdown};
+pub use tls::Certificates;

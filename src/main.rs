@@ -74,7 +74,8 @@ fn serve() -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot start: {e}"))?;
         let base = format!(
-            "http://{}:{}",
+            "{}://{}:{}",
+            app.scheme(),
             if host == "0.0.0.0" {
                 "127.0.0.1"
             } else {
@@ -82,6 +83,9 @@ fn serve() -> Result<(), String> {
             },
             app.port()
         );
+        // Before the server says it is up, so a SIGHUP from then on is
+        // handled (its default action would end the process).
+        reload_on_hangup(app.certificates());
         log::info!("Herald listening on {base}");
         if development {
             let admin = app.mint("admin", true, &["*".to_owned()], 24 * 3600)?;
@@ -108,6 +112,32 @@ fn serve() -> Result<(), String> {
         });
         app.run_until_stopped().await.map_err(|e| e.to_string())
     })
+}
+
+/// On every SIGHUP, reads the TLS certificate and key again. Without TLS
+/// there is nothing to reload, and the signal is only logged.
+fn reload_on_hangup(certificates: Option<herald::Certificates>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            log::warn!("SIGHUP cannot be handled ({e}): a certificate reload needs a restart");
+            return;
+        }
+    };
+    actix_web::rt::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match &certificates {
+                None => log::info!("SIGHUP ignored: TLS is not configured, nothing to reload"),
+                Some(certificates) => match certificates.reload() {
+                    Ok(line) => log::info!("{line}"),
+                    Err(e) => log::error!(
+                        "TLS: reload failed, still serving the previous certificate: {e}"
+                    ),
+                },
+            }
+        }
+    });
 }
 
 async fn wait_for_signal() {

@@ -1,5 +1,6 @@
 //! `Application`: binds the listener, starts the Broadcaster, serves, stops.
 
+use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use crate::revocations::{Revocation, Revocations};
 use crate::routes::{self, AppState};
 use crate::store::Store;
 use crate::tickets::Tickets;
+use crate::tls::Certificates;
 
 /// Extra seconds past the drain window before remaining connections are cut.
 const SHUTDOWN_GRACE_SECS: u64 = 3;
@@ -30,6 +32,8 @@ pub struct Application {
     server: Server,
     shutdown: Shutdown,
     auth: web::Data<Auth>,
+    /// The served certificate, when Herald speaks HTTPS.
+    certificates: Option<Certificates>,
 }
 
 /// Stops the server: drains the streams, then stops accepting and serving.
@@ -54,6 +58,28 @@ impl Shutdown {
         if let Some(reader) = &self.reader {
             reader.abort();
         }
+    }
+}
+
+/// The socket the slow-consumer policy may shut down for the streams of this
+/// connection (see `broadcaster::outbox`), or `None` where it must not.
+///
+/// A plain connection is HTTP/1.1 (`bind` serves no h2c), and so is a TLS
+/// connection that did not negotiate `h2`: one stream at a time, so cutting
+/// the socket ends only the stream that fell behind. Over HTTP/2 many streams
+/// share the connection, so none gets the socket: a stream that falls behind
+/// ends itself alone, by its body ending.
+fn connection_socket(connection: &dyn Any) -> Option<ConnectionSocket> {
+    use actix_tls::accept::rustls_0_23::TlsStream;
+    use actix_web::rt::net::TcpStream;
+    if let Some(socket) = connection.downcast_ref::<TcpStream>() {
+        return Some(ConnectionSocket::of(socket));
+    }
+    let tls = connection.downcast_ref::<TlsStream<TcpStream>>()?;
+    let (socket, session) = tls.get_ref();
+    match session.alpn_protocol() {
+        Some(b"h2") => None,
+        _ => Some(ConnectionSocket::of(socket)),
     }
 }
 
@@ -88,6 +114,13 @@ impl Application {
     /// Binds `config.host:config.port` (port 0 picks a free one) and starts
     /// the actors. Must be called inside an actix system.
     pub async fn build(config: Config) -> std::io::Result<Self> {
+        // First, so that a bad certificate stops start-up before anything opens.
+        let certificates = config
+            .tls
+            .as_ref()
+            .map(Certificates::load)
+            .transpose()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let generated_secret = config.is_development().then(|| random_hex(32));
         let verifier = Verifier::new(&config.jwt, generated_secret.as_deref())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -217,15 +250,32 @@ impl Application {
         // An SSE client never half-closes: EOF means it is gone, so forget it now.
         .h1_allow_half_closed(false)
         .on_connect(|connection, data| {
-            if let Some(socket) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                data.insert(ConnectionSocket::of(socket));
+            if let Some(socket) = connection_socket(connection) {
+                data.insert(socket);
             }
         })
         .disable_signals()
-        .shutdown_timeout(config.shutdown_drain.as_secs() + SHUTDOWN_GRACE_SECS)
+        .shutdown_timeout(config.shutdown_drain.as_secs() + SHUTDOWN_GRACE_SECS);
+        // HTTP/2 runs with actix's defaults, which suit streams: no limit on
+        // concurrent streams per connection (none is advertised, so a
+        // browser's 100 fit; MAX_CONNECTIONS and MAX_CONNECTIONS_PER_USER
+        // count streams either way), a PING every keep-alive interval (5 s)
+        // with the connection closed when the answer takes longer than that,
+        // and 1 MiB / 2 MiB receive windows for request bodies.
+        //
         // `bind` (not a std listener) so that the backlog above applies: a
         // burst of reconnects must not overflow the kernel's default of 128.
-        .bind((config.host.as_str(), config.port))?;
+        let address = (config.host.as_str(), config.port);
+        let server = match &certificates {
+            None => server.bind(address)?,
+            // ALPN: actix offers `h2`, then `http/1.1`.
+            Some(certificates) => server.bind_rustls_0_23(
+                address,
+                certificates
+                    .server_config()
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+            )?,
+        };
         let port = server
             .addrs()
             .first()
@@ -243,12 +293,26 @@ impl Application {
             server,
             shutdown,
             auth,
+            certificates,
         })
     }
 
     /// The port actually bound.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `https` when a certificate is configured, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        match self.certificates {
+            Some(_) => "https",
+            None => "http",
+        }
+    }
+
+    /// The served certificate, to reload it (`SIGHUP`); `None` without TLS.
+    pub fn certificates(&self) -> Option<Certificates> {
+        self.certificates.clone()
     }
 
     /// A handle that stops this server gracefully.

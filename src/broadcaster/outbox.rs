@@ -3,11 +3,16 @@
 //!
 //! The slow-consumer policy lives here, in one place: a stream holds at most
 //! `capacity` queued events. The push that would exceed it ends the stream at
-//! once: the queue is dropped, the socket is shut down (a client that stopped
-//! reading would otherwise pin the connection forever, since actix stops
-//! polling a body whose socket is not writable), and the Broadcaster forgets
-//! the stream. The client reconnects with `Last-Event-ID` and history gives it
-//! what it missed.
+//! once: the queue is dropped, the Broadcaster forgets the stream, and the
+//! body ends the next time it is polled. Over HTTP/1.1 the socket is also
+//! shut down: a client that stopped reading would otherwise pin the
+//! connection forever, since actix stops polling a body whose socket is not
+//! writable. Over HTTP/2 the socket is shared by every stream of the
+//! connection, so it is left alone: the slow stream's body ends (once its
+//! flow-control window lets actix poll it again, or when the client resets
+//! it), and a connection that stopped reading altogether is closed by
+//! actix's HTTP/2 keep-alive PING. The client reconnects with
+//! `Last-Event-ID` and history gives it what it missed.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
@@ -40,18 +45,26 @@ pub enum Push {
     Overflowed,
 }
 
-/// The socket of the connection a stream is served on, so that the
+/// The socket of the HTTP/1.1 connection a stream is served on, so that the
 /// slow-consumer policy can end a connection that stopped reading.
 ///
 /// Why holding a bare descriptor is sound: it is taken from the live
 /// `TcpStream` when actix accepts the connection ([`ConnectionSocket::of`],
-/// the only constructor, crate-private), and it is handed to a stream's
+/// the only constructor, crate-private; for HTTPS, the `TcpStream` inside the
+/// accepted TLS stream, which owns it), and it is handed to a stream's
 /// [`Outbox`] only together with the stream's response body
 /// ([`ClientStream::new`]), which takes it back out in its `Drop`. actix's
-/// dispatcher drops a response body before it closes the connection's socket,
-/// so whenever an outbox holds a descriptor, that descriptor is still this
-/// connection's and has not been reused by the kernel for another file. The
-/// only thing ever done with it is `shutdown()`, which does not close it.
+/// dispatcher drops a response body before it drops the connection's stream
+/// (and with it the socket), so whenever an outbox holds a descriptor, that
+/// descriptor is still this connection's and has not been reused by the
+/// kernel for another file. The only thing ever done with it is `shutdown()`,
+/// which does not close it.
+///
+/// Why only HTTP/1.1: there a connection carries one response at a time, so
+/// shutting its socket down ends exactly the stream that fell behind. An
+/// HTTP/2 connection carries many streams at once, and cutting it would end
+/// all of them; `startup::connection_socket` records no socket for one, so
+/// its streams end alone (see the module's docs).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ConnectionSocket(RawFd);
 
@@ -220,7 +233,7 @@ pub struct ClientStream {
 
 impl ClientStream {
     /// The body of the stream fed by `outbox`, served on the connection
-    /// whose socket is `socket` (`None` where it is not a TCP socket).
+    /// whose socket is `socket` (`None` where it must not be cut: HTTP/2).
     pub fn new(
         outbox: Arc<Outbox>,
         socket: Option<ConnectionSocket>,

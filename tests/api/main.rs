@@ -15,4 +15,5 @@ mod resume;
 mod retention;
 mod storage;
 mod streams;
+mod tls;
 mod tokens;

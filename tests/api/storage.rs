@@ -1,48 +1,13 @@
 //! The durable store, tested on the `herald` binary with real files: a crash
 //! right after `202`, start-up faults, a full disk, and a flood.
 
-use std::process::{Command, Stdio};
-
 use serde_json::{json, Value};
 
-use crate::helpers::binary::Herald;
+use crate::helpers::binary::{run_to_exit, Herald};
 use crate::helpers::*;
 
 fn id_of(answer: &Answer) -> String {
     answer.json()["id"].as_str().unwrap().to_owned()
-}
-
-/// Runs `herald` with `env` until it exits; returns whether it succeeded and
-/// its log. A server that starts instead of exiting fails the test.
-fn run_to_exit(env: &[(&str, &str)]) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("JWT_SECRET", SECRET)
-        .env("PORT", "0")
-        .envs(env.iter().copied())
-        .current_dir(std::env::temp_dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("herald runs");
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "herald started instead of stopping; log:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[actix_web::test]

@@ -14,6 +14,8 @@ use super::*;
 pub struct Herald {
     child: Child,
     pub port: u16,
+    /// `http`, or `https` when it was given a certificate.
+    scheme: String,
     /// Everything the process wrote to stderr (its log).
     log: Arc<Mutex<String>>,
     /// Its store's directory, unless the test named one.
@@ -58,28 +60,33 @@ impl Herald {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("Herald listening on http://127.0.0.1:").nth(1) {
-                    let _ = port_tx.send(rest.trim().parse::<u16>().unwrap());
+                if let Some(rest) = line.split("Herald listening on ").nth(1) {
+                    let (scheme, port) = rest
+                        .trim()
+                        .split_once("://127.0.0.1:")
+                        .expect("the address is logged as <scheme>://127.0.0.1:<port>");
+                    let _ = port_tx.send((scheme.to_owned(), port.parse::<u16>().unwrap()));
                 }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
                 log.push('\n');
             }
         });
-        let port = match port_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(port) => port,
+        let (scheme, port) = match port_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(address) => address,
             Err(_) => panic!("herald did not start; log:\n{}", log.lock().unwrap()),
         };
         Herald {
             child,
             port,
+            scheme,
             log,
             _data_dir: data_dir,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
+        format!("{}://127.0.0.1:{}{}", self.scheme, self.port, path)
     }
 
     pub fn log(&self) -> String {
@@ -87,8 +94,34 @@ impl Herald {
     }
 
     pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill() with a child's pid has no memory effects.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits until the log holds `text`; returns the log.
+    pub async fn wait_for_log(&self, text: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let log = self.log();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the log never said {text:?}:\n{log}"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     /// Waits for the process to exit; returns how long it took and whether it exited cleanly.
@@ -145,6 +178,39 @@ impl Herald {
             actix_web::rt::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Runs `herald` with `env` until it exits; returns whether it succeeded and
+/// its log. A server that starts instead of exiting fails the test.
+pub fn run_to_exit(env: &[(&str, &str)]) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("JWT_SECRET", SECRET)
+        .env("PORT", "0")
+        .envs(env.iter().copied())
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("herald runs");
+    let deadline = Instant::now() + TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "herald started instead of stopping; log:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 impl Drop for Herald {

@@ -4,7 +4,9 @@
 pub mod binary;
 pub mod browser;
 pub mod nginx;
+pub mod node;
 pub mod redis;
+pub mod tls;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -111,6 +113,8 @@ pub fn client() -> awc::Client {
 
 pub struct TestServer {
     pub port: u16,
+    /// `http`, or `https` when the server was given a certificate.
+    scheme: &'static str,
     shutdown: Shutdown,
     client: awc::Client,
     /// Removed with the server, when it is one the helpers made.
@@ -123,6 +127,12 @@ pub async fn spawn(pairs: &[(&str, &str)]) -> TestServer {
 }
 
 pub async fn spawn_with(config: Config) -> TestServer {
+    spawn_with_client(config, client()).await
+}
+
+/// Starts a server with `config`, talked to through `client` (one that
+/// trusts the server's certificate, for HTTPS).
+pub async fn spawn_with_client(config: Config, client: awc::Client) -> TestServer {
     raise_open_files();
     // A store directory that `config` made is this server's to remove.
     let data_dir = config
@@ -135,19 +145,21 @@ pub async fn spawn_with(config: Config) -> TestServer {
         .map(|dir| DataDir(dir.to_path_buf()));
     let app = Application::build(config).await.expect("the server starts");
     let port = app.port();
+    let scheme = app.scheme();
     let shutdown = app.shutdown_handle();
     actix_web::rt::spawn(app.run_until_stopped());
     TestServer {
         port,
+        scheme,
         shutdown,
-        client: client(),
+        client,
         _data_dir: data_dir,
     }
 }
 
 impl TestServer {
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
+        format!("{}://127.0.0.1:{}{}", self.scheme, self.port, path)
     }
 
     pub fn client(&self) -> &awc::Client {
