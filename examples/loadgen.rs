@@ -30,10 +30,63 @@
 //! | `--scenario 3`  | 1,000 users with one stream each, 2,000 events each to one user, round robin |
 //! | `--scenario 4`  | 10,000 idle streams (memory per connection); then, on a fresh server with `HEARTBEAT_INTERVAL=1`, 19,000 streams held for 5 s, checking every one keeps receiving heartbeats and none is dropped |
 //! | `--scenario 5`  | connect rate of 10,000 streams, each with its own user and token (one JWT verification each) |
+//! | `--scenario 6`  | per-user delivery: 1,000 users with one stream each, 20,000 events, one per publish request, each to one user round robin, from `--publishers` (4) keep-alive connections as fast as they go |
 //!
 //! Without `--scenario`, one custom run: for example
 //! `--connections 2000 --events 100 --rate 20 --target users --heartbeat-watch 5`.
-//! Every run is bounded by `--timeout` (120 s).
+//! Every run is bounded by `--timeout` (120 s). `--scale 0.05` shrinks the
+//! streams and events of every run, for a quick check (the figures then mean
+//! little).
+//!
+//! # Against nchan
+//!
+//! `--against nchan` runs the same scenarios against nginx with the nchan
+//! module (Debian: `apt-get install nginx-light libnginx-mod-nchan`), and
+//! `--compare` runs scenarios 6 (on Herald's default durable store, and again
+//! with `STORAGE=memory`), 1, 2, 4a and 5 against Herald and then nchan, one
+//! after the other in one invocation, and adds a Markdown table of the two
+//! servers' figures side by side (`comparison_table` in the report, and last
+//! on stderr):
+//!
+//! ```sh
+//! cargo build --release && cargo build --release --example loadgen
+//! target/release/examples/loadgen --against nchan --scenario 6
+//! target/release/examples/loadgen --compare --server target/release/herald > compare.json
+//! ```
+//!
+//! For each nchan run the tool writes `nginx.conf` into a fresh directory
+//! (`$TMPDIR/herald-loadgen-nginx-<pid>-<time>`, its path on stderr, removed
+//! after the run; the text is [`nchan::config`]) and starts
+//! `taskset -c <--server-core> nginx -p <dir> -c <dir>/nginx.conf -e stderr
+//! -g 'daemon off;'` (`--nginx`, `--nchan-module` choose other paths). The
+//! configuration: one worker process, room for 19,500 connections and
+//! 20,000 files, `access_log off`, a free 127.0.0.1 port, keep-alive
+//! connections for up to 1,000,000 requests; `/sub/<channel>` is an
+//! `nchan_subscriber eventsource`, `/pub/<channel>` an `nchan_publisher`, and
+//! `nchan_stub_status` answers on `/nchan_status`; nchan keeps 1,000 messages
+//! per channel for 24 h (Herald's defaults), in 256 MiB of shared memory,
+//! far more than any scenario stores. Streams of targeted runs (and the
+//! runs without events) subscribe to their user's channel `u<index>`; those
+//! of global runs to `bench`. Each event is one `POST /pub/<channel>` with
+//! the same JSON data Herald's events carry, and the header
+//! `X-EventSource-Event: bench`, so streams receive the same event name; an
+//! answer of 201 or 202 counts as accepted, and its `active subscribers`
+//! as the recipients. nchan sends no `connected` event: a stream counts as
+//! established when its `200` response head arrives (nchan registers the
+//! subscriber before it answers: an event published at once reaches it).
+//! Its body is neither chunked nor sized; it runs until the connection
+//! closes, which the de-chunker handles as well as chunked bodies. The
+//! heartbeat watch of scenario 4b uses nchan's pings
+//! (`nchan_eventsource_ping_interval`, whole seconds, with a comment line).
+//!
+//! CPU and memory figures are the nginx *worker*'s, the child of the master
+//! that the tool started; each run's `measured_process` says which process
+//! was measured. What is not the same: nchan checks no token (Herald verifies
+//! a JWT on every stream and every publish request); a stream of nchan
+//! listens on one channel, while Herald's is both its user's and the
+//! channel's; nchan's ids are its own (`<time>:<index>`); nchan keeps
+//! messages in shared memory only, while Herald's default store writes every
+//! event to SQLite (hence the `STORAGE=memory` line).
 //!
 //! # How it works
 //!
@@ -47,13 +100,14 @@
 //! request by hand, de-chunks the chunked body and parses SSE with
 //! [`herald::sse::Parser`]. Connects are bounded to `--connect-concurrency`
 //! in flight over all shards. Each connection is its own user (`u<index>`)
-//! with its own token, allowed on the channel `bench` which it joins.
+//! with its own token, allowed on the channel `bench` which it joins (against
+//! nchan, see above).
 //!
 //! The parent process mints the admin token, starts the shards, tells them to
 //! connect, publishes from `--publishers` keep-alive connections (each event's
 //! data carries its sequence number and the Unix time in nanoseconds it was
 //! sent, so receivers compute end-to-end latency), and merges the shards'
-//! results. Parent and shards talk over pipes, one JSON line per message:
+//! results. Against nchan, streams and publishers send no token. Parent and shards talk over pipes, one JSON line per message:
 //! the parent writes `connect`, `mark` (start of a heartbeat window) and
 //! `stop`; a shard answers `ready`, `connected`, `complete` (every connection
 //! has all the events it expects) and `finished` (its figures).
