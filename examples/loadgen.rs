@@ -30,10 +30,65 @@
 //! | `--scenario 3`  | 1,000 users with one stream each, 2,000 events each to one user, round robin |
 //! | `--scenario 4`  | 10,000 idle streams (memory per connection); then, on a fresh server with `HEARTBEAT_INTERVAL=1`, 19,000 streams held for 5 s, checking every one keeps receiving heartbeats and none is dropped |
 //! | `--scenario 5`  | connect rate of 10,000 streams, each with its own user and token (one JWT verification each) |
+//! | `--scenario 6`  | per-user delivery: 1,000 users with one stream each, 20,000 events, one per publish request, each to one user round robin, from `--publishers` (4) keep-alive connections as fast as they go |
 //!
 //! Without `--scenario`, one custom run: for example
 //! `--connections 2000 --events 100 --rate 20 --target users --heartbeat-watch 5`.
-//! Every run is bounded by `--timeout` (120 s).
+//! Every run is bounded by `--timeout` (120 s). `--scale 0.05` shrinks the
+//! streams and events of every run, for a quick check (the figures then mean
+//! little).
+//!
+//! # Against nchan
+//!
+//! `--against nchan` runs the same scenarios against nginx with the nchan
+//! module (Debian: `apt-get install nginx-light libnginx-mod-nchan`), and
+//! `--compare` runs scenarios 6 (on Herald's default durable store, and again
+//! with `STORAGE=memory`), 1, 2, 4a and 5 against Herald and then nchan, one
+//! after the other in one invocation, and adds a Markdown table of the two
+//! servers' figures side by side (`comparison_table` in the report, and last
+//! on stderr):
+//!
+//! ```sh
+//! cargo build --release && cargo build --release --example loadgen
+//! target/release/examples/loadgen --against nchan --scenario 6
+//! target/release/examples/loadgen --compare --server target/release/herald > compare.json
+//! ```
+//!
+//! For each nchan run the tool writes `nginx.conf` into a fresh directory
+//! (`$TMPDIR/herald-loadgen-nginx-<pid>-<time>`, its path on stderr, removed
+//! after the run; the text is [`nchan::config`]) and starts
+//! `taskset -c <--server-core> nginx -p <dir> -c <dir>/nginx.conf -e stderr
+//! -g 'daemon off;'` (`--nginx`, `--nchan-module` choose other paths). The
+//! configuration: one worker process, 21,000 worker connections and 20,000
+//! files (nginx starts closing connections that wait for their request once
+//! fewer than 1/16 of its connections are free, hence more connections than
+//! files), `access_log off`, a free 127.0.0.1 port, keep-alive
+//! connections for up to 1,000,000 requests; `/sub/<channel>` is an
+//! `nchan_subscriber eventsource`, `/pub/<channel>` an `nchan_publisher`, and
+//! `nchan_stub_status` answers on `/nchan_status`; nchan keeps 1,000 messages
+//! per channel for 24 h (Herald's defaults), in 256 MiB of shared memory,
+//! far more than any scenario stores. Streams of targeted runs (and the
+//! runs without events) subscribe to their user's channel `u<index>`; those
+//! of global runs to `bench`. Each event is one `POST /pub/<channel>` with
+//! the same JSON data Herald's events carry, and the header
+//! `X-EventSource-Event: bench`, so streams receive the same event name; an
+//! answer of 201 or 202 counts as accepted, and its `active subscribers`
+//! as the recipients. nchan sends no `connected` event: a stream counts as
+//! established when its `200` response head arrives (nchan registers the
+//! subscriber before it answers: an event published at once reaches it).
+//! Its body is neither chunked nor sized; it runs until the connection
+//! closes, which the de-chunker handles as well as chunked bodies. The
+//! heartbeat watch of scenario 4b uses nchan's pings
+//! (`nchan_eventsource_ping_interval`, whole seconds, with a comment line).
+//!
+//! CPU and memory figures are the nginx *worker*'s, the child of the master
+//! that the tool started; each run's `measured_process` says which process
+//! was measured. What is not the same: nchan checks no token (Herald verifies
+//! a JWT on every stream and every publish request); a stream of nchan
+//! listens on one channel, while Herald's is both its user's and the
+//! channel's; nchan's ids are its own (`<time>:<index>`); nchan keeps
+//! messages in shared memory only, while Herald's default store writes every
+//! event to SQLite (hence the `STORAGE=memory` line).
 //!
 //! # How it works
 //!
@@ -47,13 +102,14 @@
 //! request by hand, de-chunks the chunked body and parses SSE with
 //! [`herald::sse::Parser`]. Connects are bounded to `--connect-concurrency`
 //! in flight over all shards. Each connection is its own user (`u<index>`)
-//! with its own token, allowed on the channel `bench` which it joins.
+//! with its own token, allowed on the channel `bench` which it joins (against
+//! nchan, see above).
 //!
 //! The parent process mints the admin token, starts the shards, tells them to
 //! connect, publishes from `--publishers` keep-alive connections (each event's
 //! data carries its sequence number and the Unix time in nanoseconds it was
 //! sent, so receivers compute end-to-end latency), and merges the shards'
-//! results. Parent and shards talk over pipes, one JSON line per message:
+//! results. Against nchan, streams and publishers send no token. Parent and shards talk over pipes, one JSON line per message:
 //! the parent writes `connect`, `mark` (start of a heartbeat window) and
 //! `stop`; a shard answers `ready`, `connected`, `complete` (every connection
 //! has all the events it expects) and `finished` (its figures).
@@ -88,8 +144,32 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::LocalSet;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
-/// The channel every subscription joins; tokens allow exactly this one.
+/// The channel every subscription joins; tokens allow exactly this one. Against
+/// nchan, the channel global events are published to.
 const CHANNEL: &str = "bench";
+/// Where Debian's `libnginx-mod-nchan` installs the nchan module.
+const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
+/// nginx's per-worker connection limit in the configuration the tool writes.
+/// Once fewer than 1/16 of its connections are free, nginx closes connections
+/// still waiting for their request ("worker_connections are not enough,
+/// reusing connections"): with 19,500, new streams were reset from about
+/// 18,280 on. 21,000 keeps that point (about 19,690) above scenario 4b's
+/// 19,000 streams, the publishers and the tool's own requests. It is above the
+/// 20,000 files a process may hold (nginx warns so at start-up), which the
+/// streams never reach.
+const NGINX_WORKER_CONNECTIONS: usize = 21_000;
+/// Open-file limit the nginx worker sets itself (`worker_rlimit_nofile`).
+const NGINX_OPEN_FILES: usize = 20_000;
+/// nchan's shared memory for channels and messages: far more than any
+/// scenario stores (scenario 6 keeps 20,000 small messages in 1,000
+/// channels), so no message is ever evicted for want of room.
+const NCHAN_SHARED_MEMORY: &str = "256m";
+/// Messages nchan keeps per channel, and for how long: Herald's defaults
+/// (1,000 events per audience for 24 hours).
+const NCHAN_BUFFER_LENGTH: usize = 1000;
+const NCHAN_MESSAGE_TIMEOUT: &str = "24h";
+/// Path of the `nchan_stub_status` location in the configuration the tool writes.
+const NCHAN_STATUS_PATH: &str = "/nchan_status";
 /// The name of published events; anything else a stream receives is counted apart.
 const EVENT_NAME: &str = "bench";
 /// Secret for servers the tool starts itself (they only listen on loopback).
@@ -135,16 +215,35 @@ thread_local! {
     about = "Herald's load generator: SSE subscriptions, publishing, a JSON report"
 )]
 struct Cli {
-    /// A named scenario, 1 to 5 (see the module documentation); without it, one custom run.
-    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
+    /// A named scenario, 1 to 6 (see the module documentation); without it, one custom run.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=6))]
     scenario: Option<u8>,
-    /// Start this herald binary for each run, and stop it at the end.
+    /// The server measured: Herald, or nginx with the nchan module.
+    #[arg(long, value_enum, default_value_t = Against::Herald)]
+    against: Against,
+    /// Run the comparison: scenarios 6, 1, 2, 4a and 5 against Herald (given
+    /// with --server) and nchan, one after the other, then print a Markdown table.
+    #[arg(long, conflicts_with_all = ["scenario", "against", "port"], requires = "server")]
+    compare: bool,
+    /// Multiply the streams and events of every run by this (for instance
+    /// 0.05 for a quick check of --compare or a scenario; figures then mean little).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// The nginx binary started for runs against nchan.
+    #[arg(long, value_name = "PATH", default_value = "nginx")]
+    nginx: PathBuf,
+    /// The nchan dynamic module nginx loads.
+    #[arg(long, value_name = "PATH", default_value = NCHAN_MODULE)]
+    nchan_module: PathBuf,
+    /// Start this herald binary for each run, and stop it at the end (against
+    /// nchan, the tool starts nginx itself and needs no --server).
     #[arg(long, value_name = "PATH")]
     server: Option<PathBuf>,
     /// Port of an already running server on 127.0.0.1 (instead of --server).
     #[arg(long, conflicts_with = "server")]
     port: Option<u16>,
-    /// PID of that running server, for its CPU and memory figures.
+    /// PID of that running server, for its CPU and memory figures (against
+    /// nchan: the nginx worker process).
     #[arg(long, requires = "port")]
     server_pid: Option<u32>,
     /// Core the started server is pinned to (taskset).
@@ -195,6 +294,23 @@ struct Cli {
     shard: Option<String>,
 }
 
+/// `count` times `scale`, rounded, and at least 1 unless `count` is 0.
+fn scaled(count: usize, scale: f64) -> usize {
+    match count {
+        0 => 0,
+        _ => ((count as f64 * scale).round() as usize).max(1),
+    }
+}
+
+/// Which server a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Against {
+    Herald,
+    /// nginx with the nchan module, one worker process.
+    Nchan,
+}
+
 /// Who a published event is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -209,6 +325,9 @@ enum Target {
 #[derive(Clone, Debug)]
 struct RunSpec {
     label: String,
+    against: Against,
+    /// Extra environment for a Herald the tool starts (`STORAGE=memory`).
+    server_env: Vec<(String, String)>,
     connections: usize,
     events: usize,
     /// Events per second; `None` publishes as fast as the publishers can.
@@ -224,6 +343,8 @@ impl RunSpec {
     fn new(label: &str, connections: usize, events: usize) -> Self {
         Self {
             label: label.to_owned(),
+            against: Against::Herald,
+            server_env: Vec::new(),
             connections,
             events,
             rate: None,
@@ -257,9 +378,15 @@ fn scenario_runs(number: u8, heartbeat_interval: Option<f64>) -> Vec<RunSpec> {
                 2_000,
             )
         }],
+        // Streams that receive no event are still each their own user: against
+        // nchan each subscribes to its user's channel, as a targeted run's do.
         4 => vec![
-            RunSpec::new("scenario 4a: 10,000 idle streams", 10_000, 0),
             RunSpec {
+                target: Target::Users,
+                ..RunSpec::new("scenario 4a: 10,000 idle streams", 10_000, 0)
+            },
+            RunSpec {
+                target: Target::Users,
                 heartbeat_interval: Some(heartbeat_interval.unwrap_or(1.0)),
                 heartbeat_watch: Some(Duration::from_secs(5)),
                 ..RunSpec::new(
@@ -269,29 +396,115 @@ fn scenario_runs(number: u8, heartbeat_interval: Option<f64>) -> Vec<RunSpec> {
                 )
             },
         ],
-        _ => vec![RunSpec::new(
-            "scenario 5: connect rate, 10,000 streams with their own token",
-            10_000,
-            0,
-        )],
+        5 => vec![RunSpec {
+            target: Target::Users,
+            ..RunSpec::new(
+                "scenario 5: connect rate, 10,000 streams with their own token",
+                10_000,
+                0,
+            )
+        }],
+        _ => vec![RunSpec {
+            target: Target::Users,
+            ..RunSpec::new(
+                "scenario 6: per-user delivery, 1,000 users, 20,000 events one per request (round robin)",
+                1_000,
+                20_000,
+            )
+        }],
+    }
+}
+
+/// The workloads `--compare` measures, each against Herald and nchan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Workload {
+    /// Scenario 6 on Herald's default durable store.
+    PerUser,
+    /// Scenario 6 with `STORAGE=memory` (Herald only; compared with the same nchan run).
+    PerUserMemory,
+    /// Scenario 1.
+    FanOut1k,
+    /// Scenario 2.
+    FanOut10k,
+    /// Scenario 4a.
+    Idle,
+    /// Scenario 5.
+    Connect,
+}
+
+/// The runs of `--compare`, in order: each workload on Herald, then on nchan.
+fn comparison_runs() -> Vec<(Workload, RunSpec)> {
+    let first = |number: u8| scenario_runs(number, None).swap_remove(0);
+    let mut runs = Vec::new();
+    for (workload, spec) in [
+        (Workload::PerUser, first(6)),
+        (Workload::PerUserMemory, first(6)),
+        (Workload::FanOut1k, first(1)),
+        (Workload::FanOut10k, first(2)),
+        (Workload::Idle, first(4)),
+        (Workload::Connect, first(5)),
+    ] {
+        if workload == Workload::PerUserMemory {
+            runs.push((
+                workload,
+                RunSpec {
+                    label: format!("{} (Herald, STORAGE=memory)", spec.label),
+                    server_env: vec![("STORAGE".into(), "memory".into())],
+                    ..spec
+                },
+            ));
+            continue;
+        }
+        for against in [Against::Herald, Against::Nchan] {
+            runs.push((
+                workload,
+                RunSpec {
+                    label: format!("{} ({})", spec.label, against.name()),
+                    against,
+                    ..spec.clone()
+                },
+            ));
+        }
+    }
+    runs
+}
+
+impl Against {
+    fn name(self) -> &'static str {
+        match self {
+            Against::Herald => "Herald",
+            Against::Nchan => "nchan",
+        }
     }
 }
 
 /// Where the server comes from.
+#[derive(Clone)]
 enum ServerTarget {
-    /// Started by the tool for each run.
+    /// A Herald started by the tool for each run.
     Spawn {
         binary: PathBuf,
         core: usize,
         env: Vec<(String, String)>,
     },
-    /// Already running.
+    /// nginx with nchan, started by the tool for each run with a configuration
+    /// it writes.
+    Nginx {
+        nginx: PathBuf,
+        module: PathBuf,
+        core: usize,
+    },
+    /// Already running (for nchan, `pid` is its worker process).
     External { port: u16, pid: Option<u32> },
 }
 
 /// Settings shared by every run.
 struct Options {
-    server: ServerTarget,
+    /// The Herald runs use; `None` when no run is against Herald.
+    herald: Option<ServerTarget>,
+    /// The nchan runs use; `None` when no run is against nchan.
+    nchan: Option<ServerTarget>,
     secret: String,
     publishers: usize,
     connect_concurrency: usize,
@@ -326,13 +539,31 @@ fn orchestrate(cli: &Cli) -> Result<(), String> {
     // Pinned before any thread or child exists, so all of them inherit it.
     system::pin_to_core(cli.tool_core)?;
     let open_files = system::raise_open_file_limit()?;
-    let secret = match &cli.server {
-        Some(_) => DEFAULT_SECRET.to_owned(),
-        None => std::env::var("JWT_SECRET").map_err(|_| {
+    if cli.scale.is_nan() || cli.scale <= 0.0 {
+        return Err(format!("--scale {} is not above 0", cli.scale));
+    }
+    let herald_runs = cli.compare || cli.against == Against::Herald;
+    let nchan_runs = cli.compare || cli.against == Against::Nchan;
+    let secret = match (&cli.server, herald_runs) {
+        (None, true) => std::env::var("JWT_SECRET").map_err(|_| {
             "without --server, JWT_SECRET must hold the running server's secret".to_owned()
         })?,
+        _ => DEFAULT_SECRET.to_owned(),
     };
-    let server = match (&cli.server, cli.port) {
+    let nchan = match cli.port {
+        _ if !nchan_runs => None,
+        Some(port) if !cli.compare => Some(ServerTarget::External {
+            port,
+            pid: cli.server_pid,
+        }),
+        _ => Some(ServerTarget::Nginx {
+            nginx: cli.nginx.clone(),
+            module: cli.nchan_module.clone(),
+            core: cli.server_core,
+        }),
+    };
+    let herald = match (&cli.server, cli.port) {
+        _ if !herald_runs => None,
         (Some(binary), _) => {
             let mut env = Vec::new();
             for pair in &cli.server_env {
@@ -341,20 +572,21 @@ fn orchestrate(cli: &Cli) -> Result<(), String> {
                     .ok_or_else(|| format!("--server-env {pair:?} is not KEY=VALUE"))?;
                 env.push((key.to_owned(), value.to_owned()));
             }
-            ServerTarget::Spawn {
+            Some(ServerTarget::Spawn {
                 binary: binary.clone(),
                 core: cli.server_core,
                 env,
-            }
+            })
         }
-        (None, Some(port)) => ServerTarget::External {
+        (None, Some(port)) => Some(ServerTarget::External {
             port,
             pid: cli.server_pid,
-        },
+        }),
         (None, None) => return Err("give --server PATH, or --port of a running server".into()),
     };
     let options = Options {
-        server,
+        herald,
+        nchan,
         secret,
         publishers: cli.publishers.max(1),
         connect_concurrency: cli.connect_concurrency.max(1),
@@ -367,16 +599,53 @@ fn orchestrate(cli: &Cli) -> Result<(), String> {
         tool_core: cli.tool_core,
         timeout: Duration::from_secs(cli.timeout),
     };
-    let runs = match cli.scenario {
-        Some(number) => scenario_runs(number, cli.heartbeat_interval),
-        None => vec![RunSpec {
-            rate: (cli.rate > 0.0).then_some(cli.rate),
-            target: cli.target,
-            heartbeat_interval: cli.heartbeat_interval,
-            heartbeat_watch: cli.heartbeat_watch.map(Duration::from_secs_f64),
-            ..RunSpec::new("custom run", cli.connections, cli.events)
-        }],
+    let runs: Vec<(Option<Workload>, RunSpec)> = match cli.scenario {
+        _ if cli.compare => comparison_runs()
+            .into_iter()
+            .map(|(workload, spec)| (Some(workload), spec))
+            .collect(),
+        Some(number) => scenario_runs(number, cli.heartbeat_interval)
+            .into_iter()
+            .map(|spec| (None, spec))
+            .collect(),
+        None => vec![(
+            None,
+            RunSpec {
+                rate: (cli.rate > 0.0).then_some(cli.rate),
+                target: cli.target,
+                heartbeat_interval: cli.heartbeat_interval,
+                heartbeat_watch: cli.heartbeat_watch.map(Duration::from_secs_f64),
+                ..RunSpec::new("custom run", cli.connections, cli.events)
+            },
+        )],
     };
+    let runs: Vec<(Option<Workload>, RunSpec)> = runs
+        .into_iter()
+        .map(|(workload, spec)| {
+            let against = if cli.compare {
+                spec.against
+            } else {
+                cli.against
+            };
+            let mut label = match (cli.compare, against) {
+                (false, Against::Nchan) => format!("{} (nchan)", spec.label),
+                _ => spec.label.clone(),
+            };
+            if cli.scale != 1.0 {
+                label.push_str(&format!(", scaled by {}", cli.scale));
+            }
+            (
+                workload,
+                RunSpec {
+                    label,
+                    against,
+                    connections: scaled(spec.connections, cli.scale),
+                    events: scaled(spec.events, cli.scale),
+                    ..spec
+                },
+            )
+        })
+        .collect();
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -384,8 +653,9 @@ fn orchestrate(cli: &Cli) -> Result<(), String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let local = LocalSet::new();
     let mut runs_done = Vec::new();
+    let mut compared = Vec::new();
     let mut failures = 0;
-    for spec in &runs {
+    for (workload, spec) in &runs {
         eprintln!("loadgen: {}", spec.label);
         // On SIGINT or SIGTERM the run is dropped, which stops its server and
         // shards (their guards kill by PID), and no further run starts.
@@ -395,6 +665,10 @@ fn orchestrate(cli: &Cli) -> Result<(), String> {
                 signal = system::termination() => (Err(format!("interrupted by {signal}")), true),
             }
         });
+        if let Some(workload) = workload {
+            let figures = outcome.as_ref().ok().map(orchestrator::RunReport::figures);
+            compared.push((*workload, spec.against, figures));
+        }
         match outcome {
             Ok(report) => runs_done.push(RunOutcome::Done(Box::new(report))),
             Err(error) => {
@@ -410,8 +684,20 @@ fn orchestrate(cli: &Cli) -> Result<(), String> {
             break;
         }
     }
+    let table = cli.compare.then(|| {
+        let mut table = comparison_table(&compared);
+        if cli.scale != 1.0 {
+            table.push_str(&format!(
+                "\nEvery run was scaled by {}: the workloads are smaller than named.\n",
+                cli.scale
+            ));
+        }
+        table
+    });
     let report = Report {
         scenario: cli.scenario,
+        against: (!cli.compare).then_some(cli.against),
+        comparison_table: table.clone(),
         tool_core: cli.tool_core,
         tool_open_file_limit: open_files,
         connect_concurrency: options.connect_concurrency,
@@ -420,6 +706,11 @@ fn orchestrate(cli: &Cli) -> Result<(), String> {
     };
     let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     writeln!(io::stdout().lock(), "{text}").map_err(|e| format!("writing the report: {e}"))?;
+    if let Some(table) = table {
+        // Last on stderr, after the progress lines, for whoever watches the run;
+        // the same text is `comparison_table` in the report.
+        eprintln!("\n{table}");
+    }
     match failures {
         0 => Ok(()),
         n => Err(format!("{n} run(s) failed; see \"error\" in the report")),
@@ -430,6 +721,11 @@ fn orchestrate(cli: &Cli) -> Result<(), String> {
 #[derive(Serialize)]
 struct Report {
     scenario: Option<u8>,
+    /// The server measured; `null` with `--compare`, whose runs say it each.
+    against: Option<Against>,
+    /// With `--compare`: the Markdown table of Herald's and nchan's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comparison_table: Option<String>,
     tool_core: usize,
     tool_open_file_limit: u64,
     connect_concurrency: usize,
@@ -442,6 +738,174 @@ struct Report {
 enum RunOutcome {
     Done(Box<orchestrator::RunReport>),
     Failed { label: String, error: String },
+}
+
+/// The figures of one run that the comparison table shows.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Figures {
+    deliveries_per_sec: Option<f64>,
+    cpu_us_per_delivery: Option<f64>,
+    p99_ms: Option<f64>,
+    bytes_per_connection: Option<f64>,
+    connect_rate_per_sec: Option<f64>,
+    /// Deliveries expected and lost (zero without events).
+    expected: u64,
+    lost: u64,
+    /// Streams that failed to connect, or ended before the run did.
+    failed_streams: usize,
+    dropped_streams: usize,
+}
+
+/// One figure of a table row, taken from a run's [`Figures`].
+type Pick = fn(&Figures) -> Option<f64>;
+
+/// The Markdown table `--compare` prints: for each workload, Herald's figure,
+/// nchan's, and their ratio. `runs` holds each comparison run's workload,
+/// server and figures (`None` when the run failed).
+fn comparison_table(runs: &[(Workload, Against, Option<Figures>)]) -> String {
+    let find = |workload: Workload, against: Against| {
+        // The STORAGE=memory line compares with the one nchan run of scenario 6.
+        let workload = match (workload, against) {
+            (Workload::PerUserMemory, Against::Nchan) => Workload::PerUser,
+            _ => workload,
+        };
+        runs.iter()
+            .find(|(w, a, _)| *w == workload && *a == against)
+            .map(|(_, _, figures)| figures.as_ref())
+    };
+    let rows: [(Workload, &str, Pick, usize); 9] = [
+        (
+            Workload::PerUser,
+            "per-user delivery, 1,000 users, 20,000 events: events/s",
+            |f| f.deliveries_per_sec,
+            0,
+        ),
+        (
+            Workload::PerUser,
+            "per-user delivery: server CPU µs/event",
+            |f| f.cpu_us_per_delivery,
+            2,
+        ),
+        (
+            Workload::PerUserMemory,
+            "per-user delivery, Herald `STORAGE=memory`: events/s",
+            |f| f.deliveries_per_sec,
+            0,
+        ),
+        (
+            Workload::PerUserMemory,
+            "per-user delivery, Herald `STORAGE=memory`: server CPU µs/event",
+            |f| f.cpu_us_per_delivery,
+            2,
+        ),
+        (
+            Workload::FanOut1k,
+            "fan-out, 1,000 streams, 50 events/s: server CPU µs/delivery",
+            |f| f.cpu_us_per_delivery,
+            2,
+        ),
+        (
+            Workload::FanOut1k,
+            "fan-out, 1,000 streams, 50 events/s: latency p99 ms",
+            |f| f.p99_ms,
+            2,
+        ),
+        (
+            Workload::FanOut10k,
+            "fan-out, 10,000 streams, as fast as possible: deliveries/s",
+            |f| f.deliveries_per_sec,
+            0,
+        ),
+        (
+            Workload::Idle,
+            "10,000 idle streams: KiB resident per connection",
+            |f| f.bytes_per_connection.map(|bytes| bytes / 1024.0),
+            1,
+        ),
+        (
+            Workload::Connect,
+            "connect rate, 10,000 streams: streams/s",
+            |f| f.connect_rate_per_sec,
+            0,
+        ),
+    ];
+    let mut table =
+        String::from("| workload | Herald | nchan | Herald / nchan |\n| --- | --- | --- | --- |\n");
+    for (workload, name, pick, decimals) in rows {
+        let value = |against| match find(workload, against) {
+            None => (None, "—".to_owned()),
+            Some(None) => (None, "run failed".to_owned()),
+            Some(Some(figures)) => match pick(figures) {
+                Some(value) => (Some(value), format_figure(value, decimals)),
+                None => (None, "—".to_owned()),
+            },
+        };
+        let ((herald, herald_text), (nchan, nchan_text)) =
+            (value(Against::Herald), value(Against::Nchan));
+        let ratio = match herald.zip(nchan) {
+            Some((herald, nchan)) if nchan != 0.0 => format!("{:.2}", herald / nchan),
+            _ => "—".to_owned(),
+        };
+        table.push_str(&format!(
+            "| {name} | {herald_text} | {nchan_text} | {ratio} |\n"
+        ));
+    }
+    // Loss, for every run: lost of expected deliveries, and streams that
+    // failed to connect or were dropped.
+    let loss = |against| {
+        let mut lost = 0;
+        let mut expected = 0;
+        let mut streams = 0;
+        let mut failed_runs = 0;
+        for (_, _, figures) in runs.iter().filter(|(_, a, _)| *a == against) {
+            match figures {
+                Some(f) => {
+                    lost += f.lost;
+                    expected += f.expected;
+                    streams += f.failed_streams + f.dropped_streams;
+                }
+                None => failed_runs += 1,
+            }
+        }
+        let mut text = format!(
+            "{} of {} lost; {} stream(s) failed or dropped",
+            format_figure(lost as f64, 0),
+            format_figure(expected as f64, 0),
+            streams
+        );
+        if failed_runs > 0 {
+            text.push_str(&format!("; {failed_runs} run(s) failed"));
+        }
+        text
+    };
+    table.push_str(&format!(
+        "| loss, all runs above | {} | {} | — |\n",
+        loss(Against::Herald),
+        loss(Against::Nchan)
+    ));
+    table
+}
+
+/// `1234567.8` with 0 decimals as `1,234,568`.
+fn format_figure(value: f64, decimals: usize) -> String {
+    let text = format!("{:.*}", decimals, value.abs());
+    let (whole, fraction) = text.split_once('.').unwrap_or((&text, ""));
+    let mut grouped = String::new();
+    for (index, digit) in whole.chars().enumerate() {
+        if index > 0 && (whole.len() - index) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    let sign = if value < 0.0 && text.chars().any(|c| c != '0' && c != '.') {
+        "-"
+    } else {
+        ""
+    };
+    match fraction {
+        "" => format!("{sign}{grouped}"),
+        fraction => format!("{sign}{grouped}.{fraction}"),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -706,6 +1170,32 @@ mod system {
         Some((total - idle, total))
     }
 
+    /// The processes whose parent is `pid` (an nginx master's workers).
+    pub fn children(pid: u32) -> Vec<u32> {
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&child| {
+                fs::read_to_string(format!("/proc/{child}/stat"))
+                    .ok()
+                    .and_then(|stat| parent_of(&stat))
+                    == Some(pid)
+            })
+            .collect()
+    }
+
+    /// The parent PID in the text of `/proc/<pid>/stat`.
+    pub fn parent_of(stat: &str) -> Option<u32> {
+        // After the name come field 3 (state), then field 4 (ppid).
+        stat[stat.rfind(')')? + 1..]
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
     /// Resident memory of a process, in KiB.
     pub fn rss_kib(pid: u32) -> Option<u64> {
         let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -769,6 +1259,8 @@ mod wire {
         pub status: u16,
         pub content_length: Option<usize>,
         pub chunked: bool,
+        /// `Connection: close`: the server closes the connection after this response.
+        pub close: bool,
     }
 
     pub fn parse_head(head: &[u8]) -> Result<Head, String> {
@@ -784,6 +1276,7 @@ mod wire {
             status,
             content_length: None,
             chunked: false,
+            close: false,
         };
         for line in lines {
             let Some((name, value)) = line.split_once(':') else {
@@ -794,6 +1287,8 @@ mod wire {
                 parsed.content_length = value.parse().ok();
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 parsed.chunked = value.to_ascii_lowercase().contains("chunked");
+            } else if name.eq_ignore_ascii_case("connection") {
+                parsed.close = value.eq_ignore_ascii_case("close");
             }
         }
         Ok(parsed)
@@ -972,6 +1467,44 @@ mod wire {
         }
     }
 
+    /// How a streamed response body is framed: Herald chunks its SSE streams;
+    /// nchan's may come chunked, with a length, or (HTTP/1.1 without either)
+    /// running until the connection closes.
+    #[derive(Debug)]
+    pub enum BodyDecoder {
+        Chunked(ChunkedDecoder),
+        Length { remaining: usize },
+        UntilClose,
+    }
+
+    impl BodyDecoder {
+        pub fn for_head(head: &Head) -> Self {
+            match (head.chunked, head.content_length) {
+                (true, _) => Self::Chunked(ChunkedDecoder::default()),
+                (false, Some(length)) => Self::Length { remaining: length },
+                (false, None) => Self::UntilClose,
+            }
+        }
+
+        /// Appends the body bytes in `input` to `out`; true once the body has
+        /// ended (never for a body that runs until the connection closes).
+        pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<bool, String> {
+            match self {
+                Self::Chunked(decoder) => decoder.decode(input, out),
+                Self::Length { remaining } => {
+                    let take = (*remaining).min(input.len());
+                    out.extend_from_slice(&input[..take]);
+                    *remaining -= take;
+                    Ok(*remaining == 0)
+                }
+                Self::UntilClose => {
+                    out.extend_from_slice(input);
+                    Ok(false)
+                }
+            }
+        }
+    }
+
     /// A response to a request on an [`HttpConnection`].
     pub struct Response {
         pub status: u16,
@@ -985,53 +1518,71 @@ mod wire {
         }
     }
 
-    /// A keep-alive HTTP/1.1 client connection to the server, one request at a time.
+    /// A keep-alive HTTP/1.1 client connection to the server, one request at a
+    /// time; opened again when the server answered with `Connection: close`.
     pub struct HttpConnection {
-        stream: TcpStream,
+        stream: Option<TcpStream>,
+        address: SocketAddr,
         host: String,
     }
 
     impl HttpConnection {
         pub async fn open(port: u16) -> Result<Self, String> {
             let address = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
-            let stream = TcpStream::connect(address)
+            let mut connection = Self {
+                stream: None,
+                address,
+                host: address.to_string(),
+            };
+            connection.stream = Some(connection.connect().await?);
+            Ok(connection)
+        }
+
+        async fn connect(&self) -> Result<TcpStream, String> {
+            let stream = TcpStream::connect(self.address)
                 .await
-                .map_err(|e| format!("connecting to {address}: {e}"))?;
+                .map_err(|e| format!("connecting to {}: {e}", self.address))?;
             stream
                 .set_nodelay(true)
                 .map_err(|e| format!("TCP_NODELAY: {e}"))?;
-            Ok(Self {
-                stream,
-                host: address.to_string(),
-            })
+            Ok(stream)
         }
 
-        /// Sends one request and reads its whole response.
+        /// Sends one request with these extra header lines (`Name: value`) and
+        /// a body of the given content type, and reads its whole response.
         pub async fn request(
             &mut self,
             method: &str,
             path: &str,
-            token: &str,
-            json_body: Option<&[u8]>,
+            headers: &[String],
+            body: Option<(&str, &[u8])>,
         ) -> Result<Response, String> {
-            let mut request = format!(
-                "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n",
-                self.host
-            );
-            if let Some(body) = json_body {
+            let stream = match self.stream.take() {
+                Some(stream) => stream,
+                None => self.connect().await?,
+            };
+            let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
+            for header in headers {
+                request.push_str(header);
+                request.push_str("\r\n");
+            }
+            if let Some((content_type, body)) = body {
                 request.push_str(&format!(
-                    "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                    "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
                     body.len()
                 ));
             }
             request.push_str("\r\n");
             let mut bytes = request.into_bytes();
-            bytes.extend_from_slice(json_body.unwrap_or_default());
-            write_all(&self.stream, &bytes)
+            bytes.extend_from_slice(body.map_or(&[][..], |(_, body)| body));
+            write_all(&stream, &bytes)
                 .await
                 .map_err(|e| format!("sending {method} {path}: {e}"))?;
-            let (head, rest) = read_head(&self.stream).await?;
-            let body = read_body(&self.stream, &head, rest).await?;
+            let (head, rest) = read_head(&stream).await?;
+            let body = read_body(&stream, &head, rest).await?;
+            if !head.close {
+                self.stream = Some(stream);
+            }
             Ok(Response {
                 status: head.status,
                 body,
@@ -1039,11 +1590,16 @@ mod wire {
         }
     }
 
+    /// The header that authenticates a request to Herald.
+    pub fn bearer(token: &str) -> String {
+        format!("Authorization: Bearer {token}")
+    }
+
     /// `GET /api/stats` on a fresh connection (a kept one may have timed out).
     pub async fn server_stats(port: u16, admin_token: &str) -> Result<Value, String> {
         let mut connection = HttpConnection::open(port).await?;
         let response = connection
-            .request("GET", "/api/stats", admin_token, None)
+            .request("GET", "/api/stats", &[bearer(admin_token)], None)
             .await?;
         if response.status != 200 {
             return Err(format!(
@@ -1056,7 +1612,287 @@ mod wire {
     }
 }
 
-use wire::{ChunkedDecoder, HttpConnection};
+use wire::{BodyDecoder, HttpConnection};
+
+// ---------------------------------------------------------------------------
+// nchan: nginx's configuration, its process, its answers
+// ---------------------------------------------------------------------------
+
+mod nchan {
+    use super::*;
+
+    /// The channel stream `index` subscribes to: its user's (`u<index>`, as
+    /// Herald's users are) when events go to users, `bench` otherwise.
+    pub fn channel(target: Target, index: usize) -> String {
+        match target {
+            Target::Users => user_of(index),
+            Target::Everyone => CHANNEL.to_owned(),
+        }
+    }
+
+    /// What the configuration depends on.
+    pub struct Settings<'a> {
+        pub module: &'a Path,
+        /// The run's own directory: pid file and temporary files go there.
+        pub dir: &'a Path,
+        pub port: u16,
+        /// Seconds between pings on every stream (`nchan_eventsource_ping_interval`);
+        /// `None`: no pings (nchan's default).
+        pub ping_interval: Option<u64>,
+    }
+
+    /// nginx's configuration for one run: one worker, the nchan module, a
+    /// subscriber location `/sub/<channel>`, a publisher location
+    /// `/pub/<channel>`, and `nchan_stub_status` for the report.
+    pub fn config(settings: &Settings) -> String {
+        let dir = settings.dir.display();
+        let ping = match settings.ping_interval {
+            // Each ping then carries a comment line, which the tool counts as a
+            // heartbeat as it does Herald's; its `event: ping` has no data, so
+            // it is no event to an EventSource (or to the tool).
+            Some(seconds) => format!(
+                "\n            nchan_eventsource_ping_interval {seconds};\
+                 \n            nchan_eventsource_ping_comment \"heartbeat\";"
+            ),
+            None => String::new(),
+        };
+        format!(
+            r#"# Written by Herald's load tool (examples/loadgen.rs) for one run.
+load_module {module};
+worker_processes 1;
+worker_rlimit_nofile {open_files};
+pid {dir}/nginx.pid;
+error_log stderr warn;
+
+events {{
+    worker_connections {worker_connections};
+}}
+
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+
+    nchan_shared_memory_size {shared_memory};
+    nchan_message_buffer_length {buffer_length};
+    nchan_message_timeout {message_timeout};
+
+    server {{
+        listen 127.0.0.1:{port};
+
+        location ~ ^/sub/(\w+)$ {{
+            nchan_subscriber eventsource;
+            nchan_channel_id $1;{ping}
+        }}
+
+        location ~ ^/pub/(\w+)$ {{
+            nchan_publisher;
+            nchan_channel_id $1;
+        }}
+
+        location = {status_path} {{
+            nchan_stub_status;
+        }}
+    }}
+}}
+"#,
+            module = settings.module.display(),
+            open_files = NGINX_OPEN_FILES,
+            worker_connections = NGINX_WORKER_CONNECTIONS,
+            shared_memory = NCHAN_SHARED_MEMORY,
+            buffer_length = NCHAN_BUFFER_LENGTH,
+            message_timeout = NCHAN_MESSAGE_TIMEOUT,
+            port = settings.port,
+            status_path = NCHAN_STATUS_PATH,
+        )
+    }
+
+    /// `nchan_stub_status`'s `name: value` lines.
+    pub fn parse_status(text: &str) -> BTreeMap<String, String> {
+        text.lines()
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+            .filter(|(name, _)| !name.is_empty())
+            .collect()
+    }
+
+    /// The subscribers a publish reached, from the publisher's plain-text
+    /// answer (`active subscribers: N`).
+    pub fn subscribers_in_answer(body: &[u8]) -> Option<u64> {
+        String::from_utf8_lossy(body)
+            .lines()
+            .find_map(|line| line.strip_prefix("active subscribers:"))?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// `GET /nchan_status` on a fresh connection.
+    pub async fn status(port: u16) -> Result<BTreeMap<String, String>, String> {
+        let mut connection = HttpConnection::open(port).await?;
+        let response = connection
+            .request("GET", NCHAN_STATUS_PATH, &[], None)
+            .await?;
+        if response.status != 200 {
+            return Err(format!(
+                "GET {NCHAN_STATUS_PATH} answered {}: {}",
+                response.status,
+                response.excerpt()
+            ));
+        }
+        Ok(parse_status(&String::from_utf8_lossy(&response.body)))
+    }
+
+    /// A free port on 127.0.0.1 at the moment of asking.
+    fn free_port() -> Result<u16, String> {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .map_err(|e| format!("cannot find a free port: {e}"))?;
+        listener
+            .local_addr()
+            .map(|address| address.port())
+            .map_err(|e| format!("cannot find a free port: {e}"))
+    }
+
+    /// nginx started by the tool in the foreground, with its configuration in
+    /// a fresh directory; stopped (by PID) and the directory removed when dropped.
+    pub struct NginxProcess {
+        child: Child,
+        pub port: u16,
+        /// The worker process: the one that serves, and the one measured.
+        pub worker: u32,
+        dir: PathBuf,
+    }
+
+    impl NginxProcess {
+        pub fn start(
+            nginx: &Path,
+            module: &Path,
+            core: usize,
+            ping_interval: Option<u64>,
+        ) -> Result<Self, String> {
+            let dir = std::env::temp_dir().join(format!(
+                "herald-loadgen-nginx-{}-{}",
+                std::process::id(),
+                unix_nanos()
+            ));
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let port = free_port()?;
+            let config_path = dir.join("nginx.conf");
+            let config = config(&Settings {
+                module,
+                dir: &dir,
+                port,
+                ping_interval,
+            });
+            std::fs::write(&config_path, config)
+                .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+            let mut command = Command::new("taskset");
+            command
+                .arg("-c")
+                .arg(core.to_string())
+                .arg(nginx)
+                .arg("-p")
+                .arg(&dir)
+                .arg("-c")
+                .arg(&config_path)
+                // Messages before the configuration is read go to stderr too.
+                .arg("-e")
+                .arg("stderr")
+                .arg("-g")
+                .arg("daemon off;")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            let mut child = command
+                .spawn()
+                .map_err(|e| format!("cannot start taskset {}: {e}", nginx.display()))?;
+            if let Some(stderr) = child.stderr.take() {
+                std::thread::spawn(move || {
+                    for line in BufReader::new(stderr).lines() {
+                        let Ok(line) = line else { break };
+                        eprintln!("  nginx | {line}");
+                    }
+                });
+            }
+            let mut process = Self {
+                child,
+                port,
+                worker: 0,
+                dir,
+            };
+            eprintln!(
+                "loadgen: nginx configuration in {}",
+                process.dir.join("nginx.conf").display()
+            );
+            // Ready once the master listens and has started its one worker.
+            let until = std::time::Instant::now() + SERVER_START_TIMEOUT;
+            while std::time::Instant::now() < until {
+                if let Ok(Some(status)) = process.child.try_wait() {
+                    return Err(format!(
+                        "taskset {} exited before listening ({status}); see its log above",
+                        nginx.display()
+                    ));
+                }
+                // `taskset` execs nginx, so the child is the master.
+                let workers = system::children(process.child.id());
+                let listening = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok();
+                if let ([worker], true) = (workers.as_slice(), listening) {
+                    process.worker = *worker;
+                    return Ok(process);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(format!(
+                "{} did not start its worker and listen within {SERVER_START_TIMEOUT:?}",
+                nginx.display()
+            ))
+        }
+
+        pub fn master(&self) -> u32 {
+            self.child.id()
+        }
+
+        /// SIGTERM to the master (nginx's fast shutdown), then SIGKILL if it
+        /// has not exited in time; the worker exits with it.
+        pub fn stop(&mut self) {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            // SAFETY: kill() with a PID we started and have not reaped yet.
+            unsafe { libc::kill(self.master() as libc::pid_t, libc::SIGTERM) };
+            let until = std::time::Instant::now() + SERVER_STOP_TIMEOUT;
+            while std::time::Instant::now() < until {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // The worker, if it is still the master's child (so not reaped, and its
+            // PID not reused).
+            if self.worker != 0 && system::children(self.master()).contains(&self.worker) {
+                // SAFETY: kill() with the PID of our child's live child.
+                unsafe { libc::kill(self.worker as libc::pid_t, libc::SIGKILL) };
+            }
+            // Errors mean it has exited after all.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Drop for NginxProcess {
+        fn drop(&mut self) {
+            self.stop();
+            // Best effort: a leftover temporary directory harms nothing.
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Messages between the parent and its shards
@@ -1067,6 +1903,8 @@ use wire::{ChunkedDecoder, HttpConnection};
 struct ShardPlan {
     /// This shard's number, 0 onwards.
     index: usize,
+    /// The server: what to request, and when a stream counts as established.
+    against: Against,
     /// Run-wide index of this shard's first stream (its user is `u<index>`).
     first_connection: usize,
     /// Streams this shard opens.
@@ -1089,7 +1927,8 @@ struct ShardPlan {
 /// How a shard's connection attempts went.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct ConnectReport {
-    /// Attempts that have ended, and how many of those received `connected`.
+    /// Attempts that have ended, and how many of those were established
+    /// (Herald: `connected` received; nchan: a `200` response head).
     attempted: usize,
     established: usize,
     /// Failures by kind.
@@ -1098,7 +1937,7 @@ struct ConnectReport {
     /// When the first attempt started and the last one ended, in Unix nanoseconds.
     started_ns: u64,
     finished_ns: u64,
-    /// From TCP connect to the `connected` event, in microseconds.
+    /// From TCP connect to establishment, in microseconds.
     latency: HistogramData,
 }
 
@@ -1171,7 +2010,7 @@ mod shard {
         /// Heartbeat comments seen so far, and at the start of the heartbeat window.
         heartbeats: u64,
         heartbeats_at_mark: u64,
-        /// Whether its `connected` event arrived; only such streams count.
+        /// Whether it was established (see [`open`]); only such streams count.
         established: bool,
     }
 
@@ -1237,13 +2076,13 @@ mod shard {
     /// An open SSE response being read.
     struct Subscription {
         stream: TcpStream,
-        chunks: ChunkedDecoder,
+        body: BodyDecoder,
         parser: sse::Parser,
     }
 
     impl Subscription {
         async fn next_batch(&mut self) -> Result<Batch, String> {
-            let (chunks, parser) = (&mut self.chunks, &mut self.parser);
+            let (body, parser) = (&mut self.body, &mut self.parser);
             wire::read_with(&self.stream, |bytes| {
                 if bytes.is_empty() {
                     return Ok(Batch {
@@ -1251,23 +2090,23 @@ mod shard {
                         ended: Some("the server closed the connection"),
                     });
                 }
-                feed(chunks, parser, bytes)
+                feed(body, parser, bytes)
             })
             .await
             .map_err(|e| format!("read: {:?}", e.kind()))?
         }
     }
 
-    /// De-chunks `bytes` and parses the SSE they carry.
+    /// De-chunks `bytes` (if the body is chunked) and parses the SSE they carry.
     fn feed(
-        chunks: &mut ChunkedDecoder,
+        decoder: &mut BodyDecoder,
         parser: &mut sse::Parser,
         bytes: &[u8],
     ) -> Result<Batch, String> {
         BODY_BUFFER.with(|body| {
             let mut body = body.borrow_mut();
             body.clear();
-            let done = chunks.decode(bytes, &mut body)?;
+            let done = decoder.decode(bytes, &mut body)?;
             let mut frames = Vec::new();
             for piece in body.chunks(PARSER_FEED_BYTES) {
                 frames.extend(parser.feed(piece));
@@ -1287,8 +2126,14 @@ mod shard {
         system::raise_open_file_limit()?;
         let secret = std::env::var(SECRET_VARIABLE)
             .map_err(|_| format!("a shard needs {SECRET_VARIABLE}"))?;
+        // nchan checks no token: its streams send none.
         let tokens = (0..plan.connections)
-            .map(|local| mint_token(&secret, &user_of(plan.first_connection + local), false))
+            .map(|local| match plan.against {
+                Against::Herald => {
+                    mint_token(&secret, &user_of(plan.first_connection + local), false)
+                }
+                Against::Nchan => Ok(String::new()),
+            })
             .collect::<Result<Vec<_>, _>>()?;
 
         // Commands arrive on stdin; a thread turns its lines into messages.
@@ -1401,7 +2246,7 @@ mod shard {
                     .unwrap_or_else(|_| {
                         Err(Failure::new(
                             "timeout",
-                            "no `connected` event within the connect timeout",
+                            "not established within the connect timeout",
                         ))
                     })
                     .map(|opened| (opened, began.elapsed()))
@@ -1437,8 +2282,11 @@ mod shard {
         }
     }
 
-    /// Connects, subscribes, and reads until the `connected` event; returns the
-    /// stream and any frames that came after `connected` in the same read.
+    /// Connects, subscribes, and reads until the stream is established: for
+    /// Herald, its `connected` event; for nchan, which sends no such event, a
+    /// `200` response head (nchan registers the subscriber before answering).
+    /// Returns the stream and any frames that came after that point in the
+    /// same read.
     async fn open(
         shard: &Shard,
         local: usize,
@@ -1461,11 +2309,18 @@ mod shard {
         stream
             .set_nodelay(true)
             .map_err(|e| Failure::io("TCP_NODELAY", e))?;
-        let request = format!(
-            "GET /api/events?channel={CHANNEL} HTTP/1.1\r\nHost: {}\r\n\
-             Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n",
-            shard.server
-        );
+        let request = match plan.against {
+            Against::Herald => format!(
+                "GET /api/events?channel={CHANNEL} HTTP/1.1\r\nHost: {}\r\n\
+                 Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n",
+                shard.server
+            ),
+            Against::Nchan => format!(
+                "GET /sub/{} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+                nchan::channel(plan.target, plan.first_connection + local),
+                shard.server
+            ),
+        };
         wire::write_all(&stream, request.as_bytes())
             .await
             .map_err(|e| Failure::io("write", e))?;
@@ -1491,16 +2346,19 @@ mod shard {
                 ),
             ));
         }
-        if !head.chunked {
-            return Err(Failure::new("response", "the stream is not chunked"));
-        }
         let mut subscription = Subscription {
             stream,
-            chunks: ChunkedDecoder::default(),
+            body: BodyDecoder::for_head(&head),
             parser: sse::Parser::new(),
         };
-        let mut batch = feed(&mut subscription.chunks, &mut subscription.parser, &rest)
+        let mut batch = feed(&mut subscription.body, &mut subscription.parser, &rest)
             .map_err(|e| Failure::new("response", e))?;
+        if plan.against == Against::Nchan {
+            if let Some(reason) = batch.ended {
+                return Err(Failure::new("ended at once", reason));
+            }
+            return Ok((subscription, batch.frames));
+        }
         loop {
             if let Some(at) = batch.frames.iter().position(|f| f.event == "connected") {
                 let after = batch.frames.split_off(at + 1);
@@ -2041,6 +2899,10 @@ mod orchestrator {
     #[derive(Debug, Serialize)]
     pub struct RunReport {
         label: String,
+        against: Against,
+        /// The process whose CPU time and resident memory the figures are:
+        /// Herald, or nchan's nginx worker.
+        measured_process: String,
         server_pid: Option<u32>,
         server_port: u16,
         /// Subscriber processes the streams were spread over.
@@ -2059,6 +2921,24 @@ mod orchestrator {
         /// `/api/stats` before the streams opened and before they were closed.
         server_stats_before: ServerStats,
         server_stats_after: ServerStats,
+    }
+
+    impl RunReport {
+        /// The figures the comparison table shows.
+        pub fn figures(&self) -> Figures {
+            let delivery = self.delivery.as_ref();
+            Figures {
+                deliveries_per_sec: delivery.and_then(|d| d.deliveries_per_sec),
+                cpu_us_per_delivery: delivery.and_then(|d| d.server_cpu_us_per_delivery),
+                p99_ms: delivery.map(|d| d.latency.p99_ms),
+                bytes_per_connection: self.memory.bytes_per_connection,
+                connect_rate_per_sec: self.connections.connect_rate_per_sec,
+                expected: delivery.map_or(0, |d| d.expected),
+                lost: delivery.map_or(0, |d| d.lost),
+                failed_streams: self.connections.failed,
+                dropped_streams: self.dropped_streams,
+            }
+        }
     }
 
     #[derive(Debug, Serialize)]
@@ -2100,11 +2980,12 @@ mod orchestrator {
         accepted: usize,
         failed: usize,
         first_error: Option<String>,
-        /// Sum of `recipients` in the 202 answers.
+        /// Sum of the recipients the accepted answers report (Herald:
+        /// `recipients`; nchan: `active subscribers`).
         recipients_reported: u64,
         publish_secs: f64,
         publish_rate_per_sec: f64,
-        /// Round trip of one `POST /api/send`.
+        /// Round trip of one publish request.
         request_latency: Latency,
     }
 
@@ -2150,29 +3031,39 @@ mod orchestrator {
 
     /// The `/api/stats` figures the report shows.
     #[derive(Debug, Default, Serialize, Deserialize)]
-    struct ServerStats {
+    struct HeraldStats {
         connections: Option<u64>,
         events_published: Option<u64>,
         events_delivered: Option<u64>,
         slow_client_disconnects: Option<u64>,
         connections_opened: Option<u64>,
         connections_refused: Option<u64>,
-        #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
-        error: Option<String>,
+    }
+
+    /// The server's own counters: Herald's `/api/stats`, or nchan's
+    /// `nchan_stub_status` lines (`subscribers`, `total published messages`,
+    /// `shared memory used` …).
+    #[derive(Debug, Serialize)]
+    #[serde(untagged)]
+    enum ServerStats {
+        Herald(HeraldStats),
+        Nchan(BTreeMap<String, String>),
+        Error { error: String },
     }
 
     impl ServerStats {
-        async fn fetch(port: u16, admin_token: &str) -> Self {
-            match wire::server_stats(port, admin_token).await {
-                Ok(stats) => serde_json::from_value(stats).unwrap_or_else(|e| Self {
-                    error: Some(format!("unexpected /api/stats: {e}")),
-                    ..Self::default()
-                }),
-                Err(error) => Self {
-                    error: Some(error),
-                    ..Self::default()
-                },
-            }
+        async fn fetch(against: Against, port: u16, admin_token: &str) -> Self {
+            let fetched = match against {
+                Against::Herald => wire::server_stats(port, admin_token)
+                    .await
+                    .and_then(|stats| {
+                        serde_json::from_value(stats)
+                            .map_err(|e| format!("unexpected /api/stats: {e}"))
+                    })
+                    .map(Self::Herald),
+                Against::Nchan => nchan::status(port).await.map(Self::Nchan),
+            };
+            fetched.unwrap_or_else(|error| Self::Error { error })
         }
     }
 
@@ -2187,6 +3078,7 @@ mod orchestrator {
                     spec.connections / count + usize::from(index < spec.connections % count);
                 let plan = ShardPlan {
                     index,
+                    against: spec.against,
                     first_connection: first,
                     connections,
                     port,
@@ -2204,25 +3096,79 @@ mod orchestrator {
             .collect()
     }
 
+    /// A server the tool started for one run; stopped when dropped.
+    enum Started {
+        Herald(ServerProcess),
+        Nginx(nchan::NginxProcess),
+    }
+
+    impl Started {
+        fn stop(&mut self) {
+            match self {
+                Started::Herald(server) => server.stop(),
+                Started::Nginx(server) => server.stop(),
+            }
+        }
+    }
+
     /// One run, start to end.
     pub async fn run(spec: &RunSpec, options: &Options) -> Result<RunReport, String> {
         let deadline = Instant::now() + options.timeout;
-        let (mut server, port, server_pid) = match &options.server {
+        let target = match spec.against {
+            Against::Herald => options.herald.as_ref(),
+            Against::Nchan => options.nchan.as_ref(),
+        }
+        .ok_or_else(|| format!("no {} server to run against", spec.against.name()))?;
+        let (mut server, port, server_pid, measured) = match target {
             ServerTarget::Spawn { binary, core, env } => {
                 let mut env = env.clone();
+                env.extend(spec.server_env.iter().cloned());
                 if let Some(interval) = spec.heartbeat_interval {
                     env.push(("HEARTBEAT_INTERVAL".into(), interval.to_string()));
                 }
                 let server = ServerProcess::start(binary, *core, &options.secret, &env)?;
                 let (port, pid) = (server.port, server.pid());
-                (Some(server), port, Some(pid))
+                let measured = format!("herald (pid {pid})");
+                (Some(Started::Herald(server)), port, Some(pid), measured)
             }
-            ServerTarget::External { port, pid } => (None, *port, *pid),
+            ServerTarget::Nginx {
+                nginx,
+                module,
+                core,
+            } => {
+                // nchan pings every whole second at most.
+                let ping = spec
+                    .heartbeat_interval
+                    .map(|interval| interval.ceil().max(1.0) as u64);
+                let server = nchan::NginxProcess::start(nginx, module, *core, ping)?;
+                let (port, worker) = (server.port, server.worker);
+                let measured = format!(
+                    "nginx worker process (pid {worker}; master {})",
+                    server.master()
+                );
+                (Some(Started::Nginx(server)), port, Some(worker), measured)
+            }
+            ServerTarget::External { port, pid } => {
+                let measured = match (spec.against, pid) {
+                    (_, None) => "none (no --server-pid)".to_owned(),
+                    (Against::Herald, Some(pid)) => format!("herald (pid {pid})"),
+                    (Against::Nchan, Some(pid)) => format!("nginx worker (pid {pid})"),
+                };
+                (None, *port, *pid, measured)
+            }
         };
         let admin = mint_token(&options.secret, "loadgen-admin", true)?;
-        // Checks the admin token, and warms the server up before anything is measured.
-        wire::server_stats(port, &admin).await?;
-        let server_stats_before = ServerStats::fetch(port, &admin).await;
+        // Checks the admin token (Herald) and warms the server up before
+        // anything is measured.
+        match spec.against {
+            Against::Herald => {
+                wire::server_stats(port, &admin).await?;
+            }
+            Against::Nchan => {
+                nchan::status(port).await?;
+            }
+        }
+        let server_stats_before = ServerStats::fetch(spec.against, port, &admin).await;
         let rss_before = server_pid.and_then(system::rss_kib);
 
         let plans = plans(spec, options, port);
@@ -2328,7 +3274,7 @@ mod orchestrator {
         }
 
         // Read the server's counters while every stream is still open.
-        let server_stats_after = ServerStats::fetch(port, &admin).await;
+        let server_stats_after = ServerStats::fetch(spec.against, port, &admin).await;
         shards.send_all("stop")?;
         if !shards
             .wait(deadline + SHARD_GRACE, "reporting", |s| {
@@ -2363,6 +3309,8 @@ mod orchestrator {
         };
         Ok(RunReport {
             label: spec.label.clone(),
+            against: spec.against,
+            measured_process: measured,
             server_pid,
             server_port: port,
             shards: plans.len(),
@@ -2563,11 +3511,16 @@ mod orchestrator {
             if let Some(rate) = spec.rate {
                 sleep_until(started + Duration::from_secs_f64(seq as f64 / rate)).await;
             }
-            let body = publish_body(seq, &spec);
+            let request = PublishRequest::new(seq, &spec, &admin);
             let sent = Instant::now();
             let outcome = timeout_at(
                 deadline,
-                connection.request("POST", "/api/send", &admin, Some(&body)),
+                connection.request(
+                    "POST",
+                    &request.path,
+                    &request.headers,
+                    Some((request.content_type, &request.body)),
+                ),
             )
             .await;
             // Whether the connection must be replaced (its state is unknown
@@ -2575,20 +3528,21 @@ mod orchestrator {
             let reconnect = {
                 let mut record = published.borrow_mut();
                 match outcome {
-                    Ok(Ok(response)) if response.status == 202 => {
+                    Ok(Ok(response)) if accepted(spec.against, response.status) => {
                         record.accepted += 1;
                         record
                             .request_latency
                             .record(sent.elapsed().as_micros() as u64);
-                        match serde_json::from_slice::<Accepted>(&response.body) {
-                            Ok(accepted) => record.recipients += accepted.recipients,
-                            Err(e) => record.fail(format!("the 202 answer is unreadable: {e}")),
+                        match recipients(spec.against, &response.body) {
+                            Ok(recipients) => record.recipients += recipients,
+                            Err(e) => record.fail(e),
                         }
                         false
                     }
                     Ok(Ok(response)) => {
                         record.fail(format!(
-                            "POST /api/send answered {}: {}",
+                            "POST {} answered {}: {}",
+                            request.path,
                             response.status,
                             response.excerpt()
                         ));
@@ -2618,28 +3572,373 @@ mod orchestrator {
         recipients: u64,
     }
 
-    /// `{"event":"bench","data":{"seq":…,"sent_ns":…}}`, and `"user"` when targeted.
-    fn publish_body(seq: usize, spec: &RunSpec) -> Vec<u8> {
-        let data = Stamp {
-            seq: seq as u64,
-            sent_ns: unix_nanos(),
-        };
-        let body = match spec.target {
-            Target::Everyone => json!({ "event": EVENT_NAME, "data": data }),
-            Target::Users => json!({
-                "event": EVENT_NAME,
-                "data": data,
-                "user": user_of(seq % spec.connections.max(1)),
+    /// Whether a publish was taken: Herald answers 202; nchan 201 when the
+    /// channel has subscribers and 202 when the message was only stored.
+    pub(crate) fn accepted(against: Against, status: u16) -> bool {
+        match against {
+            Against::Herald => status == 202,
+            Against::Nchan => status == 201 || status == 202,
+        }
+    }
+
+    /// The recipients an accepted publish reports: Herald's `recipients`,
+    /// nchan's `active subscribers`.
+    pub(crate) fn recipients(against: Against, body: &[u8]) -> Result<u64, String> {
+        match against {
+            Against::Herald => serde_json::from_slice::<Accepted>(body)
+                .map(|accepted| accepted.recipients)
+                .map_err(|e| format!("the 202 answer is unreadable: {e}")),
+            Against::Nchan => nchan::subscribers_in_answer(body).ok_or_else(|| {
+                format!(
+                    "the nchan answer names no active subscribers: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                )
             }),
-        };
-        body.to_string().into_bytes()
+        }
+    }
+
+    /// One publish request: one event, for everyone or for one user.
+    pub(crate) struct PublishRequest {
+        pub path: String,
+        pub headers: Vec<String>,
+        pub content_type: &'static str,
+        pub body: Vec<u8>,
+    }
+
+    impl PublishRequest {
+        /// Herald: `POST /api/send` with the admin token and
+        /// `{"event":"bench","data":{"seq":…,"sent_ns":…}}`, and `"user"` when
+        /// targeted. nchan: `POST /pub/<channel>` (`bench`, or the user's),
+        /// the same data as the body, and the event name in
+        /// `X-EventSource-Event`, so streams receive `event: bench` as from Herald.
+        pub fn new(seq: usize, spec: &RunSpec, admin: &str) -> Self {
+            let data = Stamp {
+                seq: seq as u64,
+                sent_ns: unix_nanos(),
+            };
+            let user = seq % spec.connections.max(1);
+            match spec.against {
+                Against::Herald => {
+                    let body = match spec.target {
+                        Target::Everyone => json!({ "event": EVENT_NAME, "data": data }),
+                        Target::Users => json!({
+                            "event": EVENT_NAME,
+                            "data": data,
+                            "user": user_of(user),
+                        }),
+                    };
+                    Self {
+                        path: "/api/send".into(),
+                        headers: vec![wire::bearer(admin)],
+                        content_type: "application/json",
+                        body: body.to_string().into_bytes(),
+                    }
+                }
+                Against::Nchan => Self {
+                    path: format!("/pub/{}", nchan::channel(spec.target, user)),
+                    headers: vec![format!("X-EventSource-Event: {EVENT_NAME}")],
+                    content_type: "application/json",
+                    body: json!(data).to_string().into_bytes(),
+                },
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::wire::{parse_head, ChunkedDecoder, Head};
+    use super::orchestrator::{accepted, recipients, PublishRequest};
+    use super::wire::{parse_head, BodyDecoder, ChunkedDecoder, Head};
     use super::*;
+
+    #[test]
+    fn stream_bodies_decode_chunked_with_a_length_or_until_close() {
+        let head = |raw: &[u8]| parse_head(raw).unwrap();
+        // nchan's eventsource answer: neither chunked nor a length.
+        let mut until_close = BodyDecoder::for_head(&head(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nConnection: keep-alive",
+        ));
+        let mut body = Vec::new();
+        assert!(!until_close.decode(b": hi\n\n", &mut body).unwrap());
+        assert!(!until_close.decode(b"0\r\n\r\n", &mut body).unwrap());
+        assert_eq!(body, b": hi\n\n0\r\n\r\n");
+
+        let mut length = BodyDecoder::for_head(&head(b"HTTP/1.1 200 OK\r\nContent-Length: 6"));
+        let mut body = Vec::new();
+        assert!(!length.decode(b"abc", &mut body).unwrap());
+        assert!(length.decode(b"defXYZ", &mut body).unwrap());
+        assert_eq!(body, b"abcdef");
+
+        let mut chunked =
+            BodyDecoder::for_head(&head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked"));
+        let mut body = Vec::new();
+        assert!(!chunked.decode(b"3\r\n: x\r\n", &mut body).unwrap());
+        assert!(chunked.decode(b"0\r\n\r\n", &mut body).unwrap());
+        assert_eq!(body, b": x");
+    }
+
+    #[test]
+    fn connection_close_is_read_from_the_head() {
+        assert!(
+            parse_head(b"HTTP/1.1 201 Created\r\nConnection: close")
+                .unwrap()
+                .close
+        );
+        assert!(
+            !parse_head(b"HTTP/1.1 201 Created\r\nConnection: keep-alive")
+                .unwrap()
+                .close
+        );
+    }
+
+    #[test]
+    fn the_nginx_configuration_has_every_setting_the_comparison_relies_on() {
+        let dir = Path::new("/tmp/run-dir");
+        let module = Path::new("/usr/lib/nginx/modules/ngx_nchan_module.so");
+        let config = nchan::config(&nchan::Settings {
+            module,
+            dir,
+            port: 41234,
+            ping_interval: None,
+        });
+        for line in [
+            "load_module /usr/lib/nginx/modules/ngx_nchan_module.so;",
+            "worker_processes 1;",
+            "worker_rlimit_nofile 20000;",
+            "worker_connections 21000;",
+            "pid /tmp/run-dir/nginx.pid;",
+            "access_log off;",
+            "keepalive_requests 1000000;",
+            "client_body_temp_path /tmp/run-dir/client_body;",
+            "nchan_shared_memory_size 256m;",
+            "nchan_message_buffer_length 1000;",
+            "nchan_message_timeout 24h;",
+            "listen 127.0.0.1:41234;",
+            "location ~ ^/sub/(\\w+)$ {",
+            "nchan_subscriber eventsource;",
+            "location ~ ^/pub/(\\w+)$ {",
+            "nchan_publisher;",
+            "location = /nchan_status {",
+            "nchan_stub_status;",
+        ] {
+            assert!(
+                config.lines().any(|l| l.trim() == line),
+                "{line:?} missing from\n{config}"
+            );
+        }
+        assert_eq!(config.matches("nchan_channel_id $1;").count(), 2);
+        assert!(!config.contains("ping"));
+        // Braces balance: no placeholder was left unescaped.
+        assert_eq!(config.matches('{').count(), config.matches('}').count());
+
+        let config = nchan::config(&nchan::Settings {
+            module,
+            dir,
+            port: 41234,
+            ping_interval: Some(1),
+        });
+        assert!(config.contains("nchan_eventsource_ping_interval 1;"));
+        assert!(config.contains("nchan_eventsource_ping_comment \"heartbeat\";"));
+    }
+
+    #[test]
+    fn nchan_answers_are_read() {
+        let status = nchan::parse_status(
+            "total published messages: 200\nstored messages: 200\nshared memory used: 116K\n\
+             subscribers: 50\nnchan version: 1.3.6\n",
+        );
+        assert_eq!(status["subscribers"], "50");
+        assert_eq!(status["shared memory used"], "116K");
+        assert_eq!(status["nchan version"], "1.3.6");
+        assert_eq!(status.len(), 5);
+
+        let answer = b"queued messages: 2\nlast requested: 0 sec. ago\nactive subscribers: 17\n\
+                       last message id: 1796171947:1";
+        assert_eq!(nchan::subscribers_in_answer(answer), Some(17));
+        assert_eq!(nchan::subscribers_in_answer(b"queued messages: 1"), None);
+        assert_eq!(recipients(Against::Nchan, answer), Ok(17));
+        assert!(recipients(Against::Nchan, b"oops").is_err());
+        assert_eq!(
+            recipients(Against::Herald, br#"{"recipients":3,"id":"x"}"#),
+            Ok(3)
+        );
+
+        assert!(accepted(Against::Nchan, 201) && accepted(Against::Nchan, 202));
+        assert!(!accepted(Against::Nchan, 403) && !accepted(Against::Herald, 201));
+        assert!(accepted(Against::Herald, 202));
+    }
+
+    #[test]
+    fn publish_requests_fit_each_server() {
+        let spec = RunSpec {
+            target: Target::Users,
+            against: Against::Nchan,
+            ..RunSpec::new("test", 10, 100)
+        };
+        let request = PublishRequest::new(13, &spec, "token");
+        assert_eq!(request.path, "/pub/u3");
+        assert_eq!(request.headers, ["X-EventSource-Event: bench"]);
+        let stamp: Stamp = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(stamp.seq, 13);
+        assert!(stamp.sent_ns > 0);
+
+        let everyone = RunSpec {
+            target: Target::Everyone,
+            ..spec.clone()
+        };
+        assert_eq!(PublishRequest::new(13, &everyone, "t").path, "/pub/bench");
+
+        let herald = RunSpec {
+            against: Against::Herald,
+            ..spec
+        };
+        let request = PublishRequest::new(13, &herald, "token");
+        assert_eq!(request.path, "/api/send");
+        assert_eq!(request.headers, ["Authorization: Bearer token"]);
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(body["user"], "u3");
+        assert_eq!(body["event"], "bench");
+        assert_eq!(body["data"]["seq"], 13);
+
+        // Streams subscribe where their events are published.
+        assert_eq!(nchan::channel(Target::Users, 3), "u3");
+        assert_eq!(nchan::channel(Target::Everyone, 3), "bench");
+    }
+
+    #[test]
+    fn parent_pids_are_read_from_proc_stat() {
+        let stat = "4242 (nginx: worker) S 4241 4241 4241 0 -1 4194624 0 0 0 0 1 2";
+        assert_eq!(system::parent_of(stat), Some(4241));
+        assert_eq!(system::parent_of("garbage"), None);
+        // This process is its parent's child.
+        let me = std::process::id();
+        let parent = system::parent_of(&std::fs::read_to_string("/proc/self/stat").unwrap());
+        assert!(system::children(parent.unwrap()).contains(&me));
+    }
+
+    #[test]
+    fn the_comparison_runs_each_workload_on_both_servers() {
+        let runs = comparison_runs();
+        let summary: Vec<(Workload, Against, usize, usize)> = runs
+            .iter()
+            .map(|(w, spec)| (*w, spec.against, spec.connections, spec.events))
+            .collect();
+        use Against::{Herald, Nchan};
+        use Workload::*;
+        assert_eq!(
+            summary,
+            [
+                (PerUser, Herald, 1_000, 20_000),
+                (PerUser, Nchan, 1_000, 20_000),
+                (PerUserMemory, Herald, 1_000, 20_000),
+                (FanOut1k, Herald, 1_000, 200),
+                (FanOut1k, Nchan, 1_000, 200),
+                (FanOut10k, Herald, 10_000, 200),
+                (FanOut10k, Nchan, 10_000, 200),
+                (Idle, Herald, 10_000, 0),
+                (Idle, Nchan, 10_000, 0),
+                (Connect, Herald, 10_000, 0),
+                (Connect, Nchan, 10_000, 0),
+            ]
+        );
+        assert_eq!(runs[2].1.server_env, [("STORAGE".into(), "memory".into())]);
+        assert!(runs
+            .iter()
+            .all(|(w, spec)| *w == PerUserMemory || spec.server_env.is_empty()));
+        assert_eq!(runs[0].1.target, Target::Users);
+        assert_eq!(runs[3].1.rate, Some(50.0));
+        assert_eq!(runs[5].1.rate, None);
+    }
+
+    #[test]
+    fn the_comparison_table_sets_figures_side_by_side() {
+        let figures = |rate: f64, cpu: f64| Figures {
+            deliveries_per_sec: Some(rate),
+            cpu_us_per_delivery: Some(cpu),
+            p99_ms: Some(4.0),
+            bytes_per_connection: Some(12_288.0),
+            connect_rate_per_sec: Some(12_800.0),
+            expected: 20_000,
+            lost: 0,
+            failed_streams: 0,
+            dropped_streams: 0,
+        };
+        let runs = [
+            (
+                Workload::PerUser,
+                Against::Herald,
+                Some(figures(15_000.0, 60.0)),
+            ),
+            (
+                Workload::PerUser,
+                Against::Nchan,
+                Some(figures(30_000.0, 30.0)),
+            ),
+            (
+                Workload::PerUserMemory,
+                Against::Herald,
+                Some(figures(20_000.0, 45.0)),
+            ),
+            (Workload::FanOut1k, Against::Herald, None),
+            (
+                Workload::FanOut1k,
+                Against::Nchan,
+                Some(Figures {
+                    lost: 5,
+                    ..figures(1.0, 2.0)
+                }),
+            ),
+        ];
+        let table = comparison_table(&runs);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "| workload | Herald | nchan | Herald / nchan |");
+        assert_eq!(lines[1], "| --- | --- | --- | --- |");
+        assert_eq!(
+            lines[2],
+            "| per-user delivery, 1,000 users, 20,000 events: events/s | 15,000 | 30,000 | 0.50 |"
+        );
+        assert_eq!(
+            lines[3],
+            "| per-user delivery: server CPU µs/event | 60.00 | 30.00 | 2.00 |"
+        );
+        // The memory line is compared with the same nchan run.
+        assert!(
+            lines[4].ends_with("| 20,000 | 30,000 | 0.67 |"),
+            "{}",
+            lines[4]
+        );
+        assert!(
+            lines[6].ends_with("| run failed | 2.00 | — |"),
+            "{}",
+            lines[6]
+        );
+        // Workloads not run show a dash.
+        assert!(lines[8].ends_with("| — | — | — |"), "{}", lines[8]);
+        assert_eq!(
+            lines.last().unwrap(),
+            &"| loss, all runs above | 0 of 40,000 lost; 0 stream(s) failed or dropped; \
+              1 run(s) failed | 5 of 40,000 lost; 0 stream(s) failed or dropped | — |"
+        );
+        assert_eq!(lines.len(), 2 + 9 + 1);
+    }
+
+    #[test]
+    fn figures_are_grouped_by_thousands() {
+        assert_eq!(format_figure(1_234_567.8, 0), "1,234,568");
+        assert_eq!(format_figure(999.0, 0), "999");
+        assert_eq!(format_figure(1000.0, 2), "1,000.00");
+        assert_eq!(format_figure(12.345, 1), "12.3");
+        assert_eq!(format_figure(-1500.0, 0), "-1,500");
+        assert_eq!(format_figure(0.0, 0), "0");
+    }
+
+    #[test]
+    fn scaling_keeps_at_least_one() {
+        assert_eq!(scaled(10_000, 0.05), 500);
+        assert_eq!(scaled(200, 0.001), 1);
+        assert_eq!(scaled(0, 0.5), 0);
+        assert_eq!(scaled(1_000, 1.0), 1_000);
+    }
 
     #[test]
     fn chunked_bodies_decode_whatever_the_split() {
@@ -2677,7 +3976,8 @@ mod tests {
             Head {
                 status: 200,
                 content_length: None,
-                chunked: true
+                chunked: true,
+                close: false
             }
         );
         let head = parse_head(b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 42").unwrap();
