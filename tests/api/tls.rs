@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::helpers::binary::{run_to_exit, Herald};
+use crate::helpers::browser::Browser;
 use crate::helpers::node::NodeScript;
 use crate::helpers::tls::{handshake, https_client, TestCa, TlsFiles};
 use crate::helpers::*;
@@ -418,4 +419,102 @@ impl RawTls {
             }
         }
     }
+}
+
+/// Opens `count` streams from the current page (Herald's own client, each on
+/// its own stream) and records each one's status and the `n` events it got.
+const TWELVE_STREAMS: &str = r#"
+return (async (count) => {
+  const { connect } = await import('/herald.js');
+  window.streams = [];
+  for (let i = 0; i < count; i++) {
+    const stream = { status: 'connecting', got: [] };
+    const herald = connect({ share: false });
+    herald.onStatus((status) => { stream.status = status; });
+    herald.on('n', (data) => stream.got.push(data.n));
+    window.streams.push(stream);
+  }
+  return true;
+})(arguments[0]);
+"#;
+
+/// Opens twelve streams in a page of `server`'s origin, signed in by cookie,
+/// then publishes an event `n` = 1 to the user once `open` streams are open
+/// and every one of those has it. Returns each stream's status and events.
+async fn twelve_streams(browser: &Browser, server: &TestServer, open: usize) -> Vec<Value> {
+    browser.goto(&server.url("/healthz")).await;
+    browser
+        .add_cookie("herald_token", &user_token("tab", &[]))
+        .await;
+    browser.goto(&server.url("/healthz")).await;
+    assert_eq!(browser.run(TWELVE_STREAMS, json!([12])).await, json!(true));
+    server.wait_for_connections(open as u64).await;
+    server
+        .send(json!({"user": "tab", "event": "n", "data": {"n": 1}}))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let streams = browser.run("return window.streams;", json!([])).await;
+        let streams = streams.as_array().expect("the streams").clone();
+        let delivered = streams.iter().filter(|s| s["got"] == json!([1])).count();
+        if delivered >= open {
+            return streams;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{delivered} of {open} streams got the event: {streams:?}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_web::test]
+async fn chromium_holds_twelve_streams_to_one_origin_over_http2_where_http1_stalls_at_six() {
+    let ca = TestCa::new("Herald browser test CA");
+    let certificate = ca.issue();
+    let files = TlsFiles::new(&certificate);
+    // The chain as a certificate authority's customer serves it: the server's
+    // certificate, then the authority's, which Chromium is told to trust.
+    std::fs::write(&files.cert, format!("{}{}", certificate.cert_pem, ca.pem)).unwrap();
+    let Some(browser) = Browser::start_with(&[format!(
+        "--ignore-certificate-errors-spki-list={}",
+        ca.spki_sha256
+    )])
+    .await
+    else {
+        return;
+    };
+
+    // HTTPS: HTTP/2, one connection, twelve streams, all delivering.
+    let https = spawn_tls(&ca, &files, &[]).await;
+    let streams = twelve_streams(&browser, &https, 12).await;
+    assert!(
+        streams.iter().all(|s| s["status"] == "open"),
+        "all twelve open: {streams:?}"
+    );
+    let protocol = browser
+        .run(
+            "return performance.getEntriesByType('navigation')[0].nextHopProtocol;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(protocol, json!("h2"), "the page came over HTTP/2");
+
+    // Plain HTTP/1.1: six connections per origin, so six streams; the other
+    // six wait for a connection that never comes free.
+    let plain = spawn(&[]).await;
+    let streams = twelve_streams(&browser, &plain, 6).await;
+    let open = streams.iter().filter(|s| s["status"] == "open").count();
+    let waiting: Vec<&Value> = streams
+        .iter()
+        .filter(|s| s["status"] == "connecting" && s["got"] == json!([]))
+        .collect();
+    assert_eq!(open, 6, "six streams over HTTP/1.1: {streams:?}");
+    assert_eq!(waiting.len(), 6, "six stalled: {streams:?}");
+    assert_eq!(
+        plain.stats().await["connections"],
+        6,
+        "the server saw six streams"
+    );
+    browser.close().await;
 }

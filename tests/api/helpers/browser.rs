@@ -45,20 +45,19 @@ fn browser_programs() -> Option<PathBuf> {
 }
 
 /// The capabilities asking chromedriver for a headless Chromium on `profile`.
-fn chromium_capabilities(profile: &Path) -> Map<String, Value> {
-    let options = json!({
-        "binary": CHROMIUM,
-        "args": [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            format!("--user-data-dir={}", profile.display()),
-        ],
-    });
+fn chromium_capabilities(profile: &Path, extra: &[String]) -> Map<String, Value> {
+    let mut args = vec![
+        "--headless".to_owned(),
+        "--no-sandbox".to_owned(),
+        "--disable-gpu".to_owned(),
+        "--no-first-run".to_owned(),
+        "--disable-background-networking".to_owned(),
+        "--disable-component-update".to_owned(),
+        "--disable-sync".to_owned(),
+        format!("--user-data-dir={}", profile.display()),
+    ];
+    args.extend_from_slice(extra);
+    let options = json!({ "binary": CHROMIUM, "args": args });
     Map::from_iter([("goog:chromeOptions".to_owned(), options)])
 }
 
@@ -168,10 +167,15 @@ impl Browser {
     /// Starts chromedriver and a browser session, or returns `None` when the
     /// programs are missing (see [`browser_programs`]).
     pub async fn start() -> Option<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// As [`start`](Self::start), with `arguments` added to Chromium's.
+    pub async fn start_with(arguments: &[String]) -> Option<Self> {
         let program = browser_programs()?;
         let slot = BROWSER_SLOT.lock().await;
         let driver = Chromedriver::start(&program).await;
-        Some(Self::open_session(driver, slot).await)
+        Some(Self::open_session(driver, slot, arguments).await)
     }
 
     /// The text of the first element matching `css`; fails if there is none.
@@ -280,10 +284,11 @@ impl Browser {
     async fn open_session(
         driver: Chromedriver,
         slot: tokio::sync::MutexGuard<'static, ()>,
+        arguments: &[String],
     ) -> Self {
         // chromedriver listens on loopback and speaks plain HTTP: no TLS needed.
         let client = fantoccini::ClientBuilder::new(HttpConnector::new())
-            .capabilities(chromium_capabilities(&driver.profile))
+            .capabilities(chromium_capabilities(&driver.profile, arguments))
             .connect(&driver.url(""))
             .await
             .unwrap_or_else(|e| panic!("no browser session: {e}"));

@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, PublicKeyData};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
@@ -16,6 +16,9 @@ pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
     /// Its own certificate, PEM: what clients trust.
     pub pem: String,
+    /// SHA-256 of its public key (SubjectPublicKeyInfo), base64: how
+    /// Chromium is told to trust it (`--ignore-certificate-errors-spki-list`).
+    pub spki_sha256: String,
 }
 
 /// A server certificate for `127.0.0.1` and `localhost` and its key.
@@ -33,7 +36,9 @@ impl TestCa {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
         let pem = params.self_signed(&key).expect("a CA certificate").pem();
+        let digest = ring::digest::digest(&ring::digest::SHA256, &key.subject_public_key_info());
         Self {
+            spki_sha256: base64(digest.as_ref()),
             issuer: Issuer::new(params, key),
             pem,
         }
@@ -165,4 +170,33 @@ fn handshake_blocking(port: u16, ca_pem: &str, alpn: &[&str]) -> Handshake {
             .expect("the server presents a certificate")
             .to_vec(),
     }
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn base64_encodes_as_the_standard_says() {
+    assert_eq!(base64(b""), "");
+    assert_eq!(base64(b"f"), "Zg==");
+    assert_eq!(base64(b"fo"), "Zm8=");
+    assert_eq!(base64(b"foo"), "Zm9v");
+    assert_eq!(base64(b"foobar"), "Zm9vYmFy");
 }
