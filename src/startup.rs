@@ -110,6 +110,37 @@ fn redact_uri(uri: &http::Uri) -> String {
     format!("{}?{}", uri.path(), redacted.join("&"))
 }
 
+/// Connections waiting to be accepted: a burst of reconnects after a restart
+/// must not overflow the kernel's default of 128 (the kernel caps this at
+/// `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `host:port` (port 0 picks a free one) and listens with
+/// [`LISTEN_BACKLOG`]. The first of the host's addresses that binds is used.
+fn listen(host: &str, port: u16) -> std::io::Result<std::net::TcpListener> {
+    use std::net::ToSocketAddrs;
+    let mut refused = None;
+    for address in (host, port).to_socket_addrs()? {
+        let socket = if address.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if let Err(e) = socket.bind(address) {
+            refused = Some(std::io::Error::new(e.kind(), format!("{address}: {e}")));
+            continue;
+        }
+        return socket.listen(LISTEN_BACKLOG)?.into_std();
+    }
+    Err(refused.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("HOST {host:?} has no address"),
+        )
+    }))
+}
+
 impl Application {
     /// Binds `config.host:config.port` (port 0 picks a free one) and starts
     /// the actors. Must be called inside an actix system.
@@ -119,6 +150,14 @@ impl Application {
             .tls
             .as_ref()
             .map(Certificates::load)
+            .transpose()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        // Then the port, before any actor or thread starts: a port in use
+        // must stop start-up with its message, with nothing to wind down.
+        let listener = listen(&config.host, config.port)?;
+        let tls_config = certificates
+            .as_ref()
+            .map(Certificates::server_config)
             .transpose()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let generated_secret = config.is_development().then(|| random_hex(32));
@@ -245,7 +284,6 @@ impl Application {
         })
         .workers(config.workers)
         .max_connections(per_worker)
-        .backlog(4096)
         .tcp_nodelay(true)
         // An SSE client never half-closes: EOF means it is gone, so forget it now.
         .h1_allow_half_closed(false)
@@ -262,19 +300,10 @@ impl Application {
         // count streams either way), a PING every keep-alive interval (5 s)
         // with the connection closed when the answer takes longer than that,
         // and 1 MiB / 2 MiB receive windows for request bodies.
-        //
-        // `bind` (not a std listener) so that the backlog above applies: a
-        // burst of reconnects must not overflow the kernel's default of 128.
-        let address = (config.host.as_str(), config.port);
-        let server = match &certificates {
-            None => server.bind(address)?,
+        let server = match tls_config {
+            None => server.listen(listener)?,
             // ALPN: actix offers `h2`, then `http/1.1`.
-            Some(certificates) => server.bind_rustls_0_23(
-                address,
-                certificates
-                    .server_config()
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
-            )?,
+            Some(tls_config) => server.listen_rustls_0_23(listener, tls_config)?,
         };
         let port = server
             .addrs()

@@ -311,3 +311,36 @@ async fn stuck_clients_are_cut_off_counted_and_recover_everything_from_history()
         );
     }
 }
+
+#[test]
+fn a_port_already_in_use_stops_start_up_with_a_message_and_no_panic() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = taken.local_addr().unwrap().port().to_string();
+    let data = DataDir::new();
+    let (ok, log) = crate::helpers::binary::run_to_exit(&[
+        ("HOST", "127.0.0.1"),
+        ("PORT", port.as_str()),
+        ("DATA_DIR", data.path()),
+    ]);
+    assert!(!ok, "start-up must fail; log:\n{log}");
+    assert!(
+        log.contains("cannot start") && log.contains("in use"),
+        "the reason is given; log:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "no panic; log:\n{log}");
+}
+
+#[test]
+fn a_redis_url_that_is_not_one_stops_start_up_with_a_message_and_no_panic() {
+    let data = DataDir::new();
+    let (ok, log) = crate::helpers::binary::run_to_exit(&[
+        ("REDIS_URL", "nonsense://somewhere"),
+        ("DATA_DIR", data.path()),
+    ]);
+    assert!(!ok, "start-up must fail; log:\n{log}");
+    assert!(
+        log.contains("REDIS_URL") && log.contains("nonsense://somewhere"),
+        "the setting is named; log:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "no panic; log:\n{log}");
+}
