@@ -108,6 +108,21 @@ pub struct Config {
     pub shutdown_drain: Duration,
     /// The certificate and key to serve HTTPS with; plain HTTP without.
     pub tls: Option<TlsFiles>,
+    /// How the kernel schedules Herald's threads (`SCHEDULING`).
+    pub scheduling: Scheduling,
+}
+
+/// The kernel scheduling policy of Herald's threads (`SCHEDULING`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheduling {
+    /// `SCHED_BATCH` (the default): a Herald thread that wakes another does
+    /// not hand it the core at once, so a worker finishes the requests it
+    /// has before the Broadcaster runs, and the Broadcaster handles every
+    /// message waiting for it in one go. Fewer context switches per request;
+    /// see docs/performance.md for the measurement.
+    Batch,
+    /// The kernel's default policy (`SCHED_OTHER`).
+    Normal,
 }
 
 /// Where the TLS certificate and its key are (`TLS_CERT_FILE`,
@@ -210,6 +225,15 @@ impl Config {
                     .into(),
             ));
         }
+        let scheduling = match get("SCHEDULING").as_deref().map(str::trim) {
+            None | Some("batch") => Scheduling::Batch,
+            Some("normal") => Scheduling::Normal,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "SCHEDULING must be batch or normal, got {other:?}"
+                )))
+            }
+        };
         let storage = match get("STORAGE").as_deref().map(str::trim) {
             None | Some("disk") => Storage::Disk(PathBuf::from(
                 get("DATA_DIR").unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
@@ -333,6 +357,7 @@ impl Config {
             )? as u64),
             history_max_bytes: positive("HISTORY_MAX_BYTES", DEFAULT_HISTORY_MAX_BYTES)?,
             storage,
+            scheduling,
             cors_allowed_origins: get("CORS_ALLOWED_ORIGINS")
                 .map(|raw| {
                     raw.split(',')
@@ -341,7 +366,14 @@ impl Config {
                         .collect()
                 })
                 .unwrap_or_default(),
-            redis_url: get("REDIS_URL"),
+            redis_url: match get("REDIS_URL") {
+                // Checked here, before anything starts; no connection is made.
+                Some(url) => match redis::Client::open(url.as_str()) {
+                    Ok(_) => Some(url),
+                    Err(e) => return Err(ConfigError(format!("REDIS_URL {url:?}: {e}"))),
+                },
+                None => None,
+            },
             redis_stream_key: get("REDIS_STREAM_KEY")
                 .unwrap_or_else(|| DEFAULT_REDIS_STREAM_KEY.into()),
             demo_login,
@@ -415,6 +447,7 @@ mod tests {
         assert_eq!(config.revoke_ttl_secs, 86_400);
         assert_eq!(config.history_ttl, Duration::from_secs(86_400));
         assert_eq!(config.storage, Storage::Disk("./herald-data".into()));
+        assert_eq!(config.scheduling, Scheduling::Batch);
         assert!(config.is_development() && config.demo_login);
     }
 

@@ -62,7 +62,7 @@ mod tls;
 pub use auth::{TokenSource, Verifier};
 pub use clock::unix_now;
 pub use config::DEFAULT_DEMO_TOKEN_TTL_SECS as DEMO_TOKEN_TTL_SECS;
-pub use config::{raise_open_file_limit, Config};
+pub use config::{raise_open_file_limit, Config, Scheduling};
 pub use domain::EventId;
 pub use startup::{Application, Shutdown};
 pub use tls::Certificates;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use herald::cli::{Cli, Command};
-use herald::{raise_open_file_limit, Application, Config, Verifier};
+use herald::{raise_open_file_limit, Application, Config, Scheduling, Verifier};
 
 fn main() -> ExitCode {
     // A missing .env is the normal case; a broken one is reported by the settings it lacks.
@@ -62,6 +62,10 @@ fn serve() -> Result<(), String> {
     }
     let open_files = raise_open_file_limit();
     let config = Config::from_env().map_err(|e| e.to_string())?;
+    // Before any other thread exists: every thread started later inherits it.
+    if config.scheduling == Scheduling::Batch {
+        set_batch_scheduling();
+    }
     log::info!(
         "open-file limit {open_files}; MAX_CONNECTIONS {}; {} worker(s)",
         config.max_connections,
@@ -112,6 +116,25 @@ fn serve() -> Result<(), String> {
         });
         app.run_until_stopped().await.map_err(|e| e.to_string())
     })
+}
+
+/// Puts this thread, and so every thread it starts, under `SCHED_BATCH`
+/// (see [`Scheduling::Batch`]). Where the kernel refuses, Herald runs on
+/// under the default policy and says so.
+fn set_batch_scheduling() {
+    #[cfg(target_os = "linux")]
+    {
+        let parameters = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler reads the parameters and changes this
+        // thread's policy; it has no memory effects on the process.
+        let refused = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &parameters) } != 0;
+        if refused {
+            log::warn!(
+                "SCHEDULING=batch: the kernel refused SCHED_BATCH ({}); running under the default policy",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 /// On every SIGHUP, reads the TLS certificate and key again. Without TLS
