@@ -110,6 +110,11 @@ async fn wait_for_tabs(
     }
 }
 
+/// Accepts a tab's state once it has received at least `count` events.
+fn has_events(count: usize) -> impl Fn(&Value) -> bool {
+    move |state| state["ns"].as_array().is_some_and(|ns| ns.len() >= count)
+}
+
 fn numbers(state: &Value) -> Vec<u64> {
     state["ns"]
         .as_array()
@@ -160,9 +165,12 @@ async fn four_tabs_share_one_stream_and_each_receives_all_300_events_in_order_on
     assert_eq!(stream_count(&stats), 1, "one stream for four tabs: {stats}");
 
     publish_numbers(&server, "ann", 0..300).await;
-    let states = wait_for_tabs(&browser, &tabs, "all 300 events in every tab", |s| {
-        s["ns"].as_array().is_some_and(|ns| ns.len() >= 300)
-    })
+    let states = wait_for_tabs(
+        &browser,
+        &tabs,
+        "all 300 events in every tab",
+        has_events(300),
+    )
     .await;
     let expected: Vec<u64> = (0..300).collect();
     for (i, state) in states.iter().enumerate() {
@@ -187,10 +195,7 @@ async fn when_the_leader_tab_closes_another_leads_within_two_seconds_and_no_tab_
     let tabs = open_tabs(&browser, &server, 4, json!({})).await;
     wait_for_tabs(&browser, &tabs, "every tab open", |s| s["status"] == "open").await;
     publish_numbers(&server, "bo", 0..150).await;
-    let states = wait_for_tabs(&browser, &tabs, "the first 150 events", |s| {
-        s["ns"].as_array().is_some_and(|ns| ns.len() >= 150)
-    })
-    .await;
+    let states = wait_for_tabs(&browser, &tabs, "the first 150 events", has_events(150)).await;
     let leader = states
         .iter()
         .position(|s| s["role"] == "leader")
@@ -252,7 +257,7 @@ async fn when_the_leader_tab_closes_another_leads_within_two_seconds_and_no_tab_
         &browser,
         &rest,
         "all 300 events in the remaining tabs",
-        |s| s["ns"].as_array().is_some_and(|ns| ns.len() >= 300),
+        has_events(300),
     )
     .await;
     let expected: Vec<u64> = (0..300).collect();
@@ -289,10 +294,7 @@ async fn with_sharing_off_each_of_four_tabs_holds_its_own_stream() {
     assert_eq!(streams.len(), 4, "four different streams");
 
     publish_numbers(&server, "cy", 0..20).await;
-    let states = wait_for_tabs(&browser, &tabs, "20 events in every tab", |s| {
-        s["ns"].as_array().is_some_and(|ns| ns.len() >= 20)
-    })
-    .await;
+    let states = wait_for_tabs(&browser, &tabs, "20 events in every tab", has_events(20)).await;
     for state in &states {
         assert_eq!(numbers(state), (0..20).collect::<Vec<_>>());
     }
@@ -318,9 +320,12 @@ async fn with_get_token_the_token_goes_in_the_header_and_never_in_a_url() {
     )
     .await;
     publish_numbers(&server, "dee", 0..3).await;
-    let state = wait_for_tabs(&browser, std::slice::from_ref(&tab), "3 events", |s| {
-        s["ns"].as_array().is_some_and(|ns| ns.len() >= 3)
-    })
+    let state = wait_for_tabs(
+        &browser,
+        std::slice::from_ref(&tab),
+        "3 events",
+        has_events(3),
+    )
     .await
     .remove(0);
     assert_eq!(numbers(&state), [0, 1, 2], "the stream is dee's");
@@ -401,9 +406,12 @@ async fn on_token_expiring_the_client_refreshes_in_place_and_the_stream_never_cl
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
     publish_numbers(&server, "eve", 0..2).await;
-    let state = wait_for_tabs(&browser, std::slice::from_ref(&tab), "2 events", |s| {
-        s["ns"].as_array().is_some_and(|ns| ns.len() >= 2)
-    })
+    let state = wait_for_tabs(
+        &browser,
+        std::slice::from_ref(&tab),
+        "2 events",
+        has_events(2),
+    )
     .await
     .remove(0);
     assert_eq!(numbers(&state), [0, 1]);
