@@ -203,7 +203,7 @@ impl Application {
             ttl_ms: config.history_ttl.as_millis() as u64,
             max_bytes: config.history_max_bytes,
         };
-        let broadcaster = Broadcaster::launch(
+        let (broadcaster, pending) = Broadcaster::prepare(
             Limits {
                 max_connections: config.max_connections,
                 max_connections_per_user: config.max_connections_per_user,
@@ -256,7 +256,15 @@ impl Application {
         let origins = config.cors_allowed_origins.clone();
         let access_log =
             log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info);
+        // The Broadcaster runs on the first HTTP worker to start, so that the
+        // requests served there reach it without a switch between threads
+        // (with one worker, all of them). Until then messages wait, in order,
+        // in its mailbox. If the server never starts, it never runs.
+        let pending = Arc::new(std::sync::Mutex::new(Some(pending)));
         let server = HttpServer::new(move || {
+            if let Some(pending) = pending.lock().ok().and_then(|mut slot| slot.take()) {
+                pending.start();
+            }
             let cors = origins.iter().fold(
                 Cors::default()
                     .block_on_origin_mismatch(false)

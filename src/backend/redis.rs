@@ -691,14 +691,17 @@ impl Reader {
         let count = events.len();
         // Anything older than the TTL may have expired with its key unseen.
         let horizon = EventId::new(clock::unix_now_ms().saturating_sub(self.ttl_ms), 0);
-        self.broadcaster
-            .send(Preload {
-                events: events.into_values().collect(),
-                lost,
-                horizon,
-            })
-            .await
-            .map_err(|_| BroadcasterStopped)?;
+        // Not awaited: at start the Broadcaster may not run yet (it starts
+        // with the first HTTP worker); its mailbox keeps this ahead of
+        // anything sent later.
+        if !self.broadcaster.connected() {
+            return Err(BroadcasterStopped.into());
+        }
+        self.broadcaster.do_send(Preload {
+            events: events.into_values().collect(),
+            lost,
+            horizon,
+        });
         if let Some(top) = top {
             self.last_id = top;
         }

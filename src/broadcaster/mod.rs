@@ -215,15 +215,23 @@ impl Broadcaster {
         }
     }
 
-    /// Starts the actor. With `store`, what it holds becomes the history and
-    /// every publish is on disk before it is answered and delivered.
-    pub fn launch(
+    /// Makes the actor and its address without starting it. With `store`,
+    /// what it holds becomes the history and every publish is on disk before
+    /// it is answered and delivered. Messages sent
+    /// meanwhile wait in its mailbox, in order, until [`Pending::start`]
+    /// runs it on the thread that calls that. Start-up uses this to run the
+    /// Broadcaster on an HTTP worker's thread, so that a request served
+    /// there reaches it without a switch between threads.
+    pub fn prepare(
         limits: Limits,
         metrics: Arc<Metrics>,
         store: Option<(Store, Loaded)>,
-    ) -> std::io::Result<Addr<Self>> {
+    ) -> std::io::Result<(Addr<Self>, Pending)> {
+        let (sender, mailbox) = actix::dev::channel::channel(MAILBOX_CAPACITY);
+        let address = Addr::new(sender);
         let Some((store, loaded)) = store else {
-            return Ok(Self::in_memory(limits, metrics).start());
+            let actor = Self::in_memory(limits, metrics);
+            return Ok((address, Pending { actor, mailbox }));
         };
         // Ids keep increasing across restarts.
         let epoch = loaded
@@ -233,18 +241,18 @@ impl Broadcaster {
             .max(new_epoch());
         let mut hub = Hub::new(limits.clone(), metrics, epoch);
         hub.restore(loaded, clock::unix_now_ms());
-        let context = Context::new();
-        let address = context.address();
+        let committed = address.clone();
         let writer = Writer::spawn(
             store,
-            Box::new(move |events| address.do_send(Committed { events })),
+            Box::new(move |events| committed.do_send(Committed { events })),
         )?;
         writer.delete(hub.take_evicted());
-        Ok(context.run(Self {
+        let actor = Self {
             heartbeat_interval: limits.heartbeat_interval,
             hub,
             store: Some(writer),
-        }))
+        };
+        Ok((address, Pending { actor, mailbox }))
     }
 
     /// Hands what retention dropped to the store to delete.
@@ -263,12 +271,26 @@ impl Broadcaster {
     }
 }
 
+/// A Broadcaster made by [`Broadcaster::prepare`], not yet running.
+pub struct Pending {
+    actor: Broadcaster,
+    mailbox: actix::dev::channel::AddressReceiver<Broadcaster>,
+}
+
+impl Pending {
+    /// Runs the actor on the current thread's arbiter.
+    pub fn start(self) {
+        Context::with_receiver(self.mailbox).run(self.actor);
+    }
+}
+
 impl Actor for Broadcaster {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         // Connect bursts (thousands of reconnects) must queue rather than push
-        // back on handlers; `send` waits once this many are pending.
+        // back on handlers; `send` waits once this many are pending. (The
+        // mailbox was made with this capacity; this keeps it if it was not.)
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         ctx.run_interval(self.heartbeat_interval, |actor, _| {
             actor.hub.heartbeat();
