@@ -1,6 +1,7 @@
 //! `Application`: binds the listener, starts the Broadcaster, serves, stops.
 
 use std::any::Any;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +35,39 @@ pub struct Application {
     auth: web::Data<Auth>,
     /// The served certificate, when Herald speaks HTTPS.
     certificates: Option<Certificates>,
+    /// Whether the server is stopping, and whether the Broadcaster was lost.
+    watch: Arc<Watch>,
+}
+
+/// What [`watch`] and [`Shutdown`] share.
+#[derive(Default)]
+struct Watch {
+    /// A shutdown has begun: the Broadcaster stopping is then expected.
+    stopping: AtomicBool,
+    /// The Broadcaster stopped while the server was serving.
+    lost: AtomicBool,
+}
+
+/// How often the Broadcaster is checked for being alive.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Stops the server, as a failure, if the Broadcaster stops while it serves.
+/// It runs on an HTTP worker's thread: should that thread ever die, every
+/// stream and publish would fail from then on, and a process that exits can
+/// be restarted by its supervisor, while one that lingers cannot.
+fn watch(broadcaster: Addr<Broadcaster>, server: ServerHandle, watch: Arc<Watch>) {
+    actix_web::rt::spawn(async move {
+        let mut tick = actix_web::rt::time::interval(WATCH_INTERVAL);
+        while broadcaster.connected() {
+            tick.tick().await;
+        }
+        if watch.stopping.load(Ordering::SeqCst) {
+            return; // It stopped with its worker, as it should.
+        }
+        watch.lost.store(true, Ordering::SeqCst);
+        log::error!("the Broadcaster stopped; stopping the server");
+        server.stop(false).await;
+    });
 }
 
 /// Stops the server: drains the streams, then stops accepting and serving.
@@ -44,12 +78,14 @@ pub struct Shutdown {
     drain: Duration,
     /// The shared-flow reader, stopped once the streams are drained.
     reader: Option<tokio::task::AbortHandle>,
+    watch: Arc<Watch>,
 }
 
 impl Shutdown {
     /// Ends every stream spread over the drain window, then stops the server.
     /// Returns once the server has stopped.
     pub async fn run(&self) {
+        self.watch.stopping.store(true, Ordering::SeqCst);
         // Stop accepting first, so clients reconnect elsewhere (or later).
         let stopping = self.server.stop(true);
         // If the actor is already gone there is nothing left to drain.
@@ -318,12 +354,15 @@ impl Application {
             .first()
             .map_or(config.port, |address| address.port());
         let server = server.run();
+        let watched = Arc::new(Watch::default());
+        watch(broadcaster.clone(), server.handle(), watched.clone());
 
         let shutdown = Shutdown {
             server: server.handle(),
             broadcaster,
             drain: config.shutdown_drain,
             reader,
+            watch: watched.clone(),
         };
         Ok(Self {
             port,
@@ -331,6 +370,7 @@ impl Application {
             shutdown,
             auth,
             certificates,
+            watch: watched,
         })
     }
 
@@ -369,8 +409,15 @@ impl Application {
     }
 
     /// Serves until stopped through a [`Shutdown`] handle.
+    /// An error if the Broadcaster stopped while serving (see [`watch`]).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        self.server.await?;
+        if self.watch.lost.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other(
+                "the Broadcaster stopped while serving",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -91,8 +91,10 @@ async fn an_http2_connection_carries_120_streams_and_each_gets_every_event_once_
         summary["endedCleanly"], 121,
         "the drain ends every stream: {summary}"
     );
+    // The drain window is 2 s (the default) and the cut would come at 5 s
+    // (window plus grace): well before the cut, with room for a busy machine.
     assert!(
-        stopped_in < Duration::from_secs(3),
+        stopped_in < Duration::from_secs(4),
         "the drain took {stopped_in:?}"
     );
 }
