@@ -71,6 +71,15 @@ fn serve() -> Result<(), String> {
         config.max_connections,
         config.workers
     );
+    if config.client_buffer < config.max_batch {
+        // One publish's events reach a stream's queue before any is written.
+        log::warn!(
+            "CLIENT_BUFFER ({}) is below MAX_BATCH ({}): a batch that large for one \
+             audience would end every stream of it, fast readers too",
+            config.client_buffer,
+            config.max_batch
+        );
+    }
     actix_web::rt::System::new().block_on(async move {
         let development = config.is_development();
         let (host, demo_login) = (config.host.clone(), config.demo_login);
