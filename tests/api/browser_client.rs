@@ -115,6 +115,22 @@ fn has_events(count: usize) -> impl Fn(&Value) -> bool {
     move |state| state["ns"].as_array().is_some_and(|ns| ns.len() >= count)
 }
 
+/// Waits until every tab has `count` events, then checks that each got
+/// exactly events 0 to `count - 1`, in order, once. Returns the states.
+async fn every_tab_gets(browser: &Browser, tabs: &[WindowHandle], count: u64) -> Vec<Value> {
+    let what = format!("{count} events in every tab");
+    let states = wait_for_tabs(browser, tabs, &what, has_events(count as usize)).await;
+    let expected: Vec<u64> = (0..count).collect();
+    for (i, state) in states.iter().enumerate() {
+        assert_eq!(
+            numbers(state),
+            expected,
+            "tab {i}: every event, in order, once"
+        );
+    }
+    states
+}
+
 fn numbers(state: &Value) -> Vec<u64> {
     state["ns"]
         .as_array()
@@ -165,21 +181,7 @@ async fn four_tabs_share_one_stream_and_each_receives_all_300_events_in_order_on
     assert_eq!(stream_count(&stats), 1, "one stream for four tabs: {stats}");
 
     publish_numbers(&server, "ann", 0..300).await;
-    let states = wait_for_tabs(
-        &browser,
-        &tabs,
-        "all 300 events in every tab",
-        has_events(300),
-    )
-    .await;
-    let expected: Vec<u64> = (0..300).collect();
-    for (i, state) in states.iter().enumerate() {
-        assert_eq!(
-            numbers(state),
-            expected,
-            "tab {i}: every event, in order, once"
-        );
-    }
+    every_tab_gets(&browser, &tabs, 300).await;
     assert_eq!(stream_count(&server.stats().await), 1, "still one stream");
     browser.close().await;
 }
@@ -212,62 +214,31 @@ async fn when_the_leader_tab_closes_another_leads_within_two_seconds_and_no_tab_
         .filter(|(i, _)| *i != leader)
         .map(|(_, tab)| tab.clone())
         .collect();
-    let publishing = actix_web::rt::spawn({
-        let server_url = server.url("");
-        async move {
-            let http = client();
-            for n in 150..300u64 {
-                let answer = Answer::of(
-                    http.post(format!("{server_url}/api/send"))
-                        .bearer_auth(admin_token())
-                        .send_json(&json!({"user": "bo", "event": "n", "data": {"n": n}})),
-                )
-                .await;
-                assert_eq!(answer.status, 202, "{answer}");
-            }
-        }
-    });
-
-    // Another tab leads, on a stream of its own, within two seconds.
+    // Another tab leads, on a stream of its own, within two seconds, while
+    // the rest of the events are published.
     let deadline = closed_at + Duration::from_secs(2);
-    let new_leader = loop {
-        let mut found = None;
-        for tab in &rest {
-            let state = state_of(&browser, tab).await;
-            if state["role"] == "leader" && state["status"] == "open" {
+    let takeover = async {
+        loop {
+            for tab in &rest {
+                let state = state_of(&browser, tab).await;
                 let streams = state["connected"].as_array().unwrap();
-                if streams.last() != Some(&first_stream) {
-                    found = Some(tab.clone());
+                if state["role"] == "leader"
+                    && state["status"] == "open"
+                    && streams.last() != Some(&first_stream)
+                {
+                    return (tab.clone(), closed_at.elapsed());
                 }
             }
+            assert!(
+                Instant::now() < deadline,
+                "no tab took over within two seconds of the leader closing"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
         }
-        if let Some(tab) = found {
-            break tab;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no tab took over within two seconds of the leader closing"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     };
-    let took = closed_at.elapsed();
-    publishing.await.expect("the publisher finished");
+    let ((new_leader, took), ()) = tokio::join!(takeover, publish_numbers(&server, "bo", 150..300));
 
-    let states = wait_for_tabs(
-        &browser,
-        &rest,
-        "all 300 events in the remaining tabs",
-        has_events(300),
-    )
-    .await;
-    let expected: Vec<u64> = (0..300).collect();
-    for (i, state) in states.iter().enumerate() {
-        assert_eq!(
-            numbers(state),
-            expected,
-            "tab {i}: every event once, in order"
-        );
-    }
+    let states = every_tab_gets(&browser, &rest, 300).await;
     let leaders = states.iter().filter(|s| s["role"] == "leader").count();
     assert_eq!(leaders, 1, "one leader after the takeover");
     browser.switch_to(&new_leader).await;
@@ -294,10 +265,7 @@ async fn with_sharing_off_each_of_four_tabs_holds_its_own_stream() {
     assert_eq!(streams.len(), 4, "four different streams");
 
     publish_numbers(&server, "cy", 0..20).await;
-    let states = wait_for_tabs(&browser, &tabs, "20 events in every tab", has_events(20)).await;
-    for state in &states {
-        assert_eq!(numbers(state), (0..20).collect::<Vec<_>>());
-    }
+    every_tab_gets(&browser, &tabs, 20).await;
     browser.close().await;
 }
 
