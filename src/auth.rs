@@ -4,7 +4,8 @@
 //! A handler that takes [`Identity`] only runs for a valid token; one that
 //! takes [`Admin`] only for a token with the `admin` role.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use futures_util::future::LocalBoxFuture;
 
@@ -24,6 +25,9 @@ use crate::revocations::Revocations;
 
 /// The role that may publish and read stats.
 pub const ADMIN_ROLE: &str = "admin";
+
+/// Most admin tokens whose verification is remembered at once.
+const ADMIN_CACHE_SIZE: usize = 1024;
 
 /// Where a request's token was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +106,12 @@ pub struct Verifier {
     /// Seconds a token is still accepted after its `exp` (`JWT_LEEWAY_SECS`).
     leeway_secs: u64,
     issuer: Option<String>,
+    /// Admin tokens already verified, by their exact text, until their
+    /// `exp` (plus leeway): a back end sends the same token with every
+    /// publish, and checking its signature each time was a few per cent of
+    /// a publish's CPU. Only with a configured key, which cannot change
+    /// while running (an identity provider's key set can).
+    admin_cache: Mutex<HashMap<Box<str>, Identity>>,
 }
 
 impl Verifier {
@@ -209,11 +219,50 @@ impl Verifier {
             audience: config.audience.clone(),
             issuer: config.issuer.clone(),
             leeway_secs: config.leeway_secs,
+            admin_cache: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Validates a token and reads who it speaks for.
+    /// Validates a token and reads who it speaks for. (Revocation is
+    /// checked apart, by [`not_revoked`], on every request.)
     pub fn verify(&self, token: &str, source: TokenSource) -> Result<Identity, ApiError> {
+        if !matches!(self.keys, Keys::Static(_)) {
+            return self.check(token, source);
+        }
+        if let Some(identity) = self.remembered(token, unix_now()) {
+            return Ok(Identity { source, ..identity });
+        }
+        let identity = self.check(token, source)?;
+        if identity.admin {
+            self.remember(token, &identity, unix_now());
+        }
+        Ok(identity)
+    }
+
+    /// A remembered admin token's identity, while it is still valid.
+    fn remembered(&self, token: &str, now: u64) -> Option<Identity> {
+        let mut cache = self.admin_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let identity = cache.get(token)?;
+        if now <= identity.valid_until {
+            return Some(identity.clone());
+        }
+        cache.remove(token);
+        None
+    }
+
+    fn remember(&self, token: &str, identity: &Identity, now: u64) {
+        let mut cache = self.admin_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= ADMIN_CACHE_SIZE {
+            cache.retain(|_, identity| now <= identity.valid_until);
+            if cache.len() >= ADMIN_CACHE_SIZE {
+                cache.clear();
+            }
+        }
+        cache.insert(token.into(), identity.clone());
+    }
+
+    /// Checks a token's signature and claims.
+    fn check(&self, token: &str, source: TokenSource) -> Result<Identity, ApiError> {
         let fetched;
         let key = match &self.keys {
             Keys::Static(key) => key,
@@ -548,6 +597,10 @@ mod tests {
     }
 
     fn token_expiring_at(verifier: &Verifier, exp: u64) -> String {
+        token_with_roles(verifier, exp, Vec::new())
+    }
+
+    fn token_with_roles(verifier: &Verifier, exp: u64, roles: Vec<String>) -> String {
         let (key, header) = verifier.signer.as_ref().unwrap();
         let claims = Claims {
             sub: "alice".into(),
@@ -557,7 +610,7 @@ mod tests {
             jti: None,
             aud: None,
             iss: None,
-            roles: Vec::new(),
+            roles,
             channels: None,
         };
         jsonwebtoken::encode(header, &claims, key).unwrap()
@@ -586,5 +639,42 @@ mod tests {
             )
             .unwrap();
         assert_eq!(identity.valid_until, identity.expires_at);
+    }
+
+    #[test]
+    fn admin_tokens_are_remembered_until_they_expire_and_others_never() {
+        let verifier = verifier_with_leeway(5);
+        let exp = unix_now() + 60;
+        let admin = token_with_roles(&verifier, exp, vec![ADMIN_ROLE.into()]);
+        let user = token_expiring_at(&verifier, exp);
+        for token in [&admin, &user] {
+            verifier.verify(token, TokenSource::Header).unwrap();
+        }
+        let now = unix_now();
+        assert!(verifier.remembered(&user, now).is_none());
+        let remembered = verifier.remembered(&admin, now).expect("an admin token");
+        assert!(remembered.admin);
+        let cookie = verifier.verify(&admin, TokenSource::Cookie).unwrap();
+        assert_eq!(
+            cookie.source,
+            TokenSource::Cookie,
+            "where it came from this time"
+        );
+
+        assert!(
+            verifier.remembered(&admin, exp + 5).is_some(),
+            "inside the leeway"
+        );
+        assert!(
+            verifier.remembered(&admin, exp + 6).is_none(),
+            "past exp + leeway"
+        );
+        assert!(
+            verifier.remembered(&admin, now).is_none(),
+            "an expired entry is dropped, so the next request checks the token again"
+        );
+        let mut tampered = admin.clone();
+        tampered.pop();
+        assert!(verifier.verify(&tampered, TokenSource::Header).is_err());
     }
 }

@@ -1,28 +1,30 @@
 //! `POST /api/send`: publish one event or a batch (admin).
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::error::Category;
+use serde_json::value::RawValue;
 
 use super::{read_json_body, AppState};
 use crate::auth::Admin;
-use crate::domain::{Audience, Channel, EventName, Outgoing, UserId};
+use crate::domain::{Audience, Channel, EventName, Outgoing, Published, UserId};
 use crate::error::ApiError;
 
-/// One event as a publisher sends it.
+/// One event as a publisher sends it. `data` stays the publisher's JSON
+/// text: it is never parsed into a tree and written out again.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct PublishRequest {
+pub(super) struct PublishRequest<'a> {
     event: Option<String>,
-    #[serde(default)]
-    data: Value,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
     user: Option<String>,
     users: Option<Vec<String>>,
     channel: Option<String>,
     channels: Option<Vec<String>>,
 }
 
-impl PublishRequest {
+impl PublishRequest<'_> {
     /// Validates names and targets. Naming targets and leaving them all empty
     /// is refused rather than read as "everyone": an empty recipient list
     /// computed by a back end must never become a broadcast.
@@ -63,27 +65,74 @@ impl PublishRequest {
         };
         Ok(Outgoing {
             name,
-            data: self.data.to_string(),
+            data: self
+                .data
+                .map_or_else(|| "null".to_owned(), |raw| compact(raw.get())),
             audience,
         })
     }
 }
 
+/// `json` (valid JSON text) without the whitespace between its tokens, so
+/// it fits on one `data:` line. Key order, numbers and string escapes stay
+/// exactly as the publisher wrote them.
+fn compact(json: &str) -> String {
+    if !json
+        .bytes()
+        .any(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        return json.to_owned();
+    }
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if matches!(c, ' ' | '\t' | '\n' | '\r') {
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Reads one event object; `Err` holds the reason, and whether the text
+/// was not JSON at all.
+fn parse_one(json: &str) -> Result<Outgoing, (String, bool)> {
+    match serde_json::from_str::<PublishRequest<'_>>(json) {
+        Ok(request) => request.into_outgoing().map_err(|e| (e, false)),
+        Err(e) if matches!(e.classify(), Category::Syntax | Category::Eof) => {
+            Err((e.to_string(), true))
+        }
+        Err(e) => Err((e.to_string(), false)),
+    }
+}
+
+fn not_json(e: impl std::fmt::Display) -> ApiError {
+    ApiError::BadRequest(format!("the body is not valid JSON: {e}"))
+}
+
 /// Parses a publish body: one object, or an array of at most `max_batch`.
 /// Returns the events and whether the body was a batch.
 pub(super) fn parse_body(body: &[u8], max_batch: usize) -> Result<(Vec<Outgoing>, bool), ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
-    let parse_one = |value: Value| -> Result<Outgoing, String> {
-        if !value.is_object() {
-            return Err("an event must be a JSON object".into());
-        }
-        serde_json::from_value::<PublishRequest>(value)
-            .map_err(|e| e.to_string())?
-            .into_outgoing()
-    };
-    match value {
-        Value::Array(items) => {
+    let text = std::str::from_utf8(body).map_err(not_json)?;
+    const NOT_AN_OBJECT: &str = "an event must be a JSON object";
+    match text.trim_start().as_bytes().first() {
+        Some(b'{') => match parse_one(text) {
+            Ok(event) => Ok((vec![event], false)),
+            Err((why, true)) => Err(not_json(why)),
+            Err((why, false)) => Err(ApiError::BadRequest(why)),
+        },
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(not_json)?;
             if items.is_empty() {
                 return Err(ApiError::BadRequest(
                     "a batch needs at least one event".into(),
@@ -96,16 +145,32 @@ pub(super) fn parse_body(body: &[u8], max_batch: usize) -> Result<(Vec<Outgoing>
                 )));
             }
             let events = items
-                .into_iter()
+                .iter()
                 .enumerate()
                 .map(|(index, item)| {
-                    parse_one(item).map_err(|e| ApiError::BadRequest(format!("event {index}: {e}")))
+                    let item = item.get();
+                    if !item.starts_with('{') {
+                        return Err(ApiError::BadRequest(format!(
+                            "event {index}: {NOT_AN_OBJECT}"
+                        )));
+                    }
+                    parse_one(item)
+                        .map_err(|(why, _)| ApiError::BadRequest(format!("event {index}: {why}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((events, true))
         }
-        other => Ok((vec![parse_one(other).map_err(ApiError::BadRequest)?], false)),
+        _ => match serde_json::from_str::<&RawValue>(text) {
+            Ok(_) => Err(ApiError::BadRequest(NOT_AN_OBJECT.into())),
+            Err(e) => Err(not_json(e)),
+        },
     }
+}
+
+/// The answer to a batch.
+#[derive(Serialize)]
+struct BatchAnswer {
+    events: Vec<Published>,
 }
 
 pub(super) async fn send(
@@ -116,13 +181,15 @@ pub(super) async fn send(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_json_body(&req, payload, state.config.max_body_bytes).await?;
     let (events, batch) = parse_body(&body, state.config.max_batch)?;
-    let published = state.bus.publish(events).await?;
-    let answer = if batch {
-        json!({ "events": published })
+    let mut published = state.bus.publish(events).await?;
+    Ok(if batch {
+        HttpResponse::Accepted().json(BatchAnswer { events: published })
     } else {
-        json!(published.into_iter().next())
-    };
-    Ok(HttpResponse::Accepted().json(answer))
+        match published.pop() {
+            Some(one) => HttpResponse::Accepted().json(one),
+            None => HttpResponse::Accepted().json(()),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -183,6 +250,21 @@ mod tests {
         );
         assert_eq!(events[0].name.as_str(), "message");
         assert_eq!(events[0].data, r#"{"x":1}"#);
+    }
+
+    #[test]
+    fn data_keeps_the_publishers_text_without_whitespace_between_tokens() {
+        let body = "{\"data\": {\"b\": [1, 2.50, 1e3],\r\n\t\"a\": \"x y \\\" \\\\\"}}";
+        let (events, _) = parse_body(body.as_bytes(), 3).unwrap();
+        assert_eq!(
+            events[0].data, r#"{"b":[1,2.50,1e3],"a":"x y \" \\"}"#,
+            "key order, numbers and escapes as sent; spaces inside strings kept"
+        );
+        let big = r#"{"data":123456789012345678901234567890}"#;
+        assert_eq!(
+            parse_body(big.as_bytes(), 3).unwrap().0[0].data,
+            "123456789012345678901234567890"
+        );
     }
 
     #[test]
