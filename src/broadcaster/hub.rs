@@ -118,6 +118,9 @@ struct Client {
     last_pass: u64,
     /// Registration order, so a drain ends the oldest streams first.
     opened: u64,
+    /// A resume from an id this node had not delivered yet: live events up
+    /// to it are not sent again (see [`Hub::not_yet_delivered`]).
+    skip_through: Option<EventId>,
 }
 
 /// One retained event as `/api/history` lists it.
@@ -177,7 +180,14 @@ pub struct Hub {
     draining: bool,
     /// Streams still to end, the next one last.
     drain_queue: Vec<ClientId>,
+    /// Whether ids come from a shared flow (set by [`Hub::preload`]) rather
+    /// than from this Hub's own `<epoch>-<n>`.
+    shared_flow: bool,
 }
+
+/// How far ahead of this node's clock a shared flow's id (its server's
+/// clock in milliseconds) may be and still count as issued.
+const SHARED_FLOW_CLOCK_SKEW_MS: u64 = 60_000;
 
 impl Hub {
     /// An empty Hub whose in-memory ids are `<epoch>-<n>`.
@@ -211,6 +221,7 @@ impl Hub {
             metrics,
             draining: false,
             drain_queue: Vec::new(),
+            shared_flow: false,
         }
     }
 
@@ -234,12 +245,16 @@ impl Hub {
             )));
         }
 
-        let (replay, recovered) = match &stream.last_event_id {
-            Some(last) => {
-                let replay = self.retention.replay(last, &stream.user, &stream.channels);
-                (replay.frames, replay.recovered)
-            }
-            None => (Vec::new(), true),
+        let (replay, recovered, skip_through) = match &stream.last_event_id {
+            Some(last) => match self.not_yet_delivered(last, now.saturating_mul(1000)) {
+                // Nothing after it is in history yet: it all arrives live.
+                Some(id) => (Vec::new(), true, Some(id)),
+                None => {
+                    let replay = self.retention.replay(last, &stream.user, &stream.channels);
+                    (replay.frames, replay.recovered, None)
+                }
+            },
+            None => (Vec::new(), true, None),
         };
         let connected = ConnectedEvent {
             client_id: stream.id.0,
@@ -286,6 +301,7 @@ impl Hub {
                 outbox: stream.outbox,
                 last_pass: 0,
                 opened: self.opened,
+                skip_through,
             },
         );
         self.metrics
@@ -388,6 +404,7 @@ impl Hub {
         lost: Vec<(AudienceKey, EventId)>,
         horizon: EventId,
     ) {
+        self.shared_flow = true;
         if self.retention.newest().is_none() {
             // Shared-flow ids are cluster-wide: none is from "before" this node.
             self.retention.rebase(EventId::new(0, 0), false);
@@ -478,6 +495,26 @@ impl Hub {
     /// How many registered streams `audience` reaches, without touching their
     /// queues (a stream that has just closed is still counted until it is
     /// forgotten).
+    /// A resume id that is newer than anything delivered here but was
+    /// issued: by this Hub, to an event still on its way to the streams; or,
+    /// in a shared flow, by another node whose streams already had it while
+    /// this node's reader had not read it yet (any id not ahead of the clock
+    /// counts). A stream resuming from it gets those events live, and must
+    /// not get the ones up to it twice. `None` for anything else, which the
+    /// history answers (an id never issued is `recovered: false` there).
+    fn not_yet_delivered(&self, last: &str, now_ms: u64) -> Option<EventId> {
+        let last: EventId = last.parse().ok()?;
+        if self.retention.newest().is_some_and(|newest| last <= newest) {
+            return None;
+        }
+        let issued = if self.shared_flow {
+            last.epoch <= now_ms.saturating_add(SHARED_FLOW_CLOCK_SKEW_MS)
+        } else {
+            last.epoch == self.epoch && last.seq < self.next_seq
+        };
+        issued.then_some(last)
+    }
+
     pub fn count_recipients(&mut self, audience: &Audience) -> usize {
         match audience {
             Audience::Everyone => self.clients.len(),
@@ -715,6 +752,9 @@ impl Hub {
         let mut recipients = 0;
         let mut gone = Vec::new();
         self.each_recipient(&event.audience, |client_id, client| {
+            if client.skip_through.is_some_and(|through| id <= through) {
+                return; // it resumed from this event or a later one
+            }
             match client.outbox.push_event(&frame) {
                 Push::Queued => recipients += 1,
                 Push::Closed => gone.push(client_id),
@@ -989,6 +1029,102 @@ mod tests {
             .collect();
         assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
         assert_eq!(frames[3].id.as_deref(), Some(pending[0].id.as_str()));
+    }
+
+    #[test]
+    fn a_resume_from_an_answered_event_not_yet_fanned_out_gets_only_what_follows() {
+        let mut hub = hub();
+        hub.publish(vec![event("zero", Audience::Everyone)], NOW);
+        hub.flush();
+        let pending = hub.publish(
+            vec![
+                event("one", Audience::Everyone),
+                event("two", Audience::Everyone),
+                event("three", Audience::Everyone),
+            ],
+            NOW,
+        );
+        // The publisher's answer named "two" before anything was fanned out.
+        let (_, outbox, connected) = open(&mut hub, "alice", &[], Some(&pending[1].id)).unwrap();
+        assert_eq!(
+            connected,
+            Connected {
+                replayed: 0,
+                recovered: true
+            }
+        );
+        hub.flush();
+        assert_eq!(names(&received(&outbox)), ["connected", "three"]);
+
+        let next_id = EventId::new(EPOCH, 99).to_string();
+        let (_, never, connected) = open(&mut hub, "bob", &[], Some(&next_id)).unwrap();
+        assert!(!connected.recovered, "an id this Hub never gave out");
+        hub.publish(vec![event("four", Audience::Everyone)], NOW);
+        hub.flush();
+        assert_eq!(names(&received(&never)), ["connected", "four"]);
+    }
+
+    #[test]
+    fn a_resume_ahead_of_a_lagging_shared_flow_skips_what_the_client_already_has() {
+        let mut hub = hub();
+        let ms = NOW;
+        let at = |seq| Stamped {
+            id: EventId::new(ms, seq),
+            event: event("e", Audience::Everyone),
+            published_at: ms,
+        };
+        hub.preload(vec![at(1)], Vec::new(), EventId::new(0, 0));
+        // Another node already delivered 2 and 3; this one has not read them.
+        let (_, outbox, connected) = open_at(
+            &mut hub,
+            "alice",
+            Some(&EventId::new(ms, 3).to_string()),
+            ms / 1000,
+        );
+        assert_eq!(
+            connected,
+            Connected {
+                replayed: 0,
+                recovered: true
+            }
+        );
+        hub.deliver(vec![at(2), at(3), at(4)]);
+        let ids: Vec<Option<String>> = received(&outbox).into_iter().map(|f| f.id).collect();
+        assert_eq!(ids, [None, Some(EventId::new(ms, 4).to_string())]);
+
+        // An id far ahead of the clock was never issued: history says so.
+        let ahead = EventId::new(ms + 3_600_000, 0).to_string();
+        let (_, outbox, connected) = open_at(&mut hub, "bob", Some(&ahead), ms / 1000);
+        assert!(!connected.recovered);
+        hub.deliver(vec![at(5)]);
+        assert_eq!(received(&outbox).len(), 2, "connected, then 5");
+    }
+
+    /// Opens a stream for `name` at `now` (seconds).
+    fn open_at(
+        hub: &mut Hub,
+        name: &str,
+        last_event_id: Option<&str>,
+        now: u64,
+    ) -> (ClientId, Arc<Outbox>, Connected) {
+        let id = ClientId::random();
+        let outbox = Outbox::new(10);
+        let connected = hub
+            .connect(
+                NewStream {
+                    id,
+                    user: user(name),
+                    channels: Vec::new(),
+                    last_event_id: last_event_id.map(str::to_owned),
+                    valid_until: u64::MAX,
+                    expires_at: u64::MAX,
+                    token_id: None,
+                    outbox: outbox.clone(),
+                },
+                now,
+            )
+            .unwrap();
+        (id, outbox, connected)
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::redis::Redis;
+use crate::helpers::redis::{Redis, Relay};
 use crate::helpers::*;
 
 fn event_id(answer: &Value) -> herald::EventId {
@@ -123,6 +123,58 @@ async fn resume_works_on_another_node_and_on_a_node_started_later() {
             assert_eq!(data(&resumed.next().await), json!(n));
         }
     }
+}
+
+/// A client that had events from one node resumes on another whose reader
+/// has not read them yet: it must not get them twice when they arrive there.
+#[actix_web::test]
+async fn a_resume_on_a_node_whose_reader_is_behind_repeats_nothing() {
+    let Some(redis) = Redis::start() else { return };
+    let relay = Relay::start(redis.port).await;
+    let lagging = spawn(&[("REDIS_URL", relay.url().as_str())]).await;
+    let b = redis.node(&[]).await;
+    let token = user_token("alice", &[]);
+    let (mut on_b, _) = b.subscribe(&token, "").await;
+    let (mut watcher, _) = lagging.subscribe(&token, "").await;
+    b.send(json!({"user": "alice", "data": 0})).await;
+    assert_eq!(data(&on_b.next().await), json!(0));
+    assert_eq!(
+        data(&watcher.next().await),
+        json!(0),
+        "the node follows the flow"
+    );
+
+    relay.hold(true);
+    let mut last = String::new();
+    for n in 1..=3 {
+        b.send(json!({"user": "alice", "data": n})).await;
+        let frame = on_b.next().await;
+        assert_eq!(data(&frame), json!(n));
+        last = frame.id.unwrap();
+    }
+    let (mut resumed, connected) = lagging.resume(&token, "", &last).await;
+    assert_eq!(
+        (
+            connected["recovered"].as_bool(),
+            connected["replayed"].as_u64()
+        ),
+        (Some(true), Some(0)),
+        "nothing after its id is in this node's history yet, and nothing is lost"
+    );
+    relay.hold(false);
+    for n in 1..=3 {
+        assert_eq!(
+            data(&watcher.next().await),
+            json!(n),
+            "the node's reader caught up"
+        );
+    }
+    b.send(json!({"user": "alice", "data": 4})).await;
+    assert_eq!(
+        data(&resumed.next().await),
+        json!(4),
+        "the resumed stream gets what came after its id, not 1..=3 again"
+    );
 }
 
 #[actix_web::test]

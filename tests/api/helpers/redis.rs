@@ -102,3 +102,55 @@ impl Drop for Redis {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A TCP relay in front of a Redis whose replies to the node behind it can
+/// be held back: that node's reader then falls behind the shared flow while
+/// its HTTP side keeps serving.
+pub struct Relay {
+    pub port: u16,
+    held: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    pub async fn start(redis_port: u16) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::{TcpListener, TcpStream};
+
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (held, watch) = tokio::sync::watch::channel(false);
+        actix_web::rt::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = TcpStream::connect(("127.0.0.1", redis_port)).await else {
+                    continue;
+                };
+                let (mut from_node, mut to_node) = inbound.into_split();
+                let (mut from_redis, mut to_redis) = outbound.into_split();
+                actix_web::rt::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_node, &mut to_redis).await;
+                });
+                let mut watch = watch.clone();
+                actix_web::rt::spawn(async move {
+                    let mut buffer = vec![0; 16 * 1024];
+                    while let Ok(read @ 1..) = from_redis.read(&mut buffer).await {
+                        if watch.wait_for(|held| !*held).await.is_err()
+                            || to_node.write_all(&buffer[..read]).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, held }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Holds back (or lets through again) everything Redis sends.
+    pub fn hold(&self, held: bool) {
+        self.held.send_replace(held);
+    }
+}
