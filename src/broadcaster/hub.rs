@@ -818,6 +818,17 @@ mod tests {
         channels: &[&str],
         last_event_id: Option<&str>,
     ) -> Result<(ClientId, Arc<Outbox>, Connected), ConnectError> {
+        open_at(hub, name, channels, last_event_id, 0)
+    }
+
+    /// [`open`], at `now` (seconds).
+    fn open_at(
+        hub: &mut Hub,
+        name: &str,
+        channels: &[&str],
+        last_event_id: Option<&str>,
+        now: u64,
+    ) -> Result<(ClientId, Arc<Outbox>, Connected), ConnectError> {
         let id = ClientId::random();
         let outbox = Outbox::new(10);
         let connected = hub.connect(
@@ -831,7 +842,7 @@ mod tests {
                 token_id: None,
                 outbox: outbox.clone(),
             },
-            0,
+            now,
         )?;
         Ok((id, outbox, connected))
     }
@@ -1075,12 +1086,9 @@ mod tests {
         };
         hub.preload(vec![at(1)], Vec::new(), EventId::new(0, 0));
         // Another node already delivered 2 and 3; this one has not read them.
-        let (_, outbox, connected) = open_at(
-            &mut hub,
-            "alice",
-            Some(&EventId::new(ms, 3).to_string()),
-            ms / 1000,
-        );
+        let last = EventId::new(ms, 3).to_string();
+        let (_, outbox, connected) =
+            open_at(&mut hub, "alice", &[], Some(&last), ms / 1000).unwrap();
         assert_eq!(
             connected,
             Connected {
@@ -1094,37 +1102,11 @@ mod tests {
 
         // An id far ahead of the clock was never issued: history says so.
         let ahead = EventId::new(ms + 3_600_000, 0).to_string();
-        let (_, outbox, connected) = open_at(&mut hub, "bob", Some(&ahead), ms / 1000);
+        let (_, outbox, connected) =
+            open_at(&mut hub, "bob", &[], Some(&ahead), ms / 1000).unwrap();
         assert!(!connected.recovered);
         hub.deliver(vec![at(5)]);
         assert_eq!(received(&outbox).len(), 2, "connected, then 5");
-    }
-
-    /// Opens a stream for `name` at `now` (seconds).
-    fn open_at(
-        hub: &mut Hub,
-        name: &str,
-        last_event_id: Option<&str>,
-        now: u64,
-    ) -> (ClientId, Arc<Outbox>, Connected) {
-        let id = ClientId::random();
-        let outbox = Outbox::new(10);
-        let connected = hub
-            .connect(
-                NewStream {
-                    id,
-                    user: user(name),
-                    channels: Vec::new(),
-                    last_event_id: last_event_id.map(str::to_owned),
-                    valid_until: u64::MAX,
-                    expires_at: u64::MAX,
-                    token_id: None,
-                    outbox: outbox.clone(),
-                },
-                now,
-            )
-            .unwrap();
-        (id, outbox, connected)
     }
 
     #[test]
