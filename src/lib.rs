@@ -41,20 +41,20 @@
 //! same path at length.
 
 mod auth;
-mod backend;
 mod broadcaster;
 pub mod cli;
 mod clock;
 mod config;
 mod domain;
 mod error;
+mod eventlog;
 mod jwks;
 mod metrics;
+mod notifier;
 mod revocations;
 mod routes;
 pub mod sse;
 mod startup;
-mod store;
 mod tickets;
 mod tls;
 

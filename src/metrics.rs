@@ -2,7 +2,8 @@
 //! renderings: the `/api/stats` JSON and the `/metrics` Prometheus text.
 //!
 //! The counts of what is open ([`Snapshot`]) are defined here and filled in
-//! by whoever owns the streams, so this module depends on nothing above it.
+//! by whoever owns the streams (the Broadcaster's `Directory`, read without
+//! the actor), so this module depends on nothing above it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +23,10 @@ pub struct Snapshot {
     pub connections: usize,
     /// Users with at least one open stream.
     pub users: usize,
-    /// Open streams subscribed to each channel.
+    /// Channels with at least one subscriber.
+    pub channel_count: usize,
+    /// Open streams subscribed to each channel (on `/metrics`, the busiest
+    /// only: see `routes::health`).
     pub channels: BTreeMap<String, usize>,
     /// Events retained for resume and `/api/history`.
     pub history_len: usize,
@@ -70,6 +74,7 @@ impl Metrics {
             "connections": snapshot.connections,
             "users": snapshot.users,
             "channels": snapshot.channels,
+            "channel_count": snapshot.channel_count,
             "events_published": Self::read(&self.events_published),
             "events_delivered": Self::read(&self.events_delivered),
             "slow_client_disconnects": Self::read(&self.slow_client_disconnects),
@@ -103,6 +108,11 @@ impl Metrics {
             "users",
             "Users with at least one open stream",
             gauge(snapshot.users),
+        );
+        registry.register(
+            "channels",
+            "Channels with at least one subscriber",
+            gauge(snapshot.channel_count),
         );
         registry.register(
             "history_events",

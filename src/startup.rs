@@ -1,26 +1,30 @@
-//! `Application`: binds the listener, starts the Broadcaster, serves, stops.
+//! `Application`: binds the listener, builds the event log, starts the
+//! Broadcaster on an arbiter of its own, serves, stops.
 
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
+use actix::{Addr, Arbiter, Context};
 use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{Condition, Logger};
 use actix_web::{http, web, App, HttpServer};
 
 use crate::auth::{Auth, Verifier};
-use crate::backend::{self, EventBus};
-use crate::broadcaster::{Broadcaster, ConnectionSocket, Drain, Limits, RetentionLimits};
+use crate::broadcaster::{Broadcaster, ConnectionSocket, Deliver, Drain, Evict, Limits, Refresh};
 use crate::clock;
 use crate::config::{open_file_limit, Config, Storage};
 use crate::domain::EventId;
+use crate::eventlog::{
+    self, new_epoch, EventLog, IdSource, LocalRefresh, RetentionLimits, Sequencer, SinkStopped,
+    Store,
+};
 use crate::metrics::Metrics;
+use crate::notifier::Notifier;
 use crate::revocations::{Revocation, Revocations};
 use crate::routes::{self, AppState};
-use crate::store::Store;
 use crate::tickets::Tickets;
 use crate::tls::Certificates;
 
@@ -37,6 +41,8 @@ pub struct Application {
     certificates: Option<Certificates>,
     /// Whether the server is stopping, and whether the Broadcaster was lost.
     watch: Arc<Watch>,
+    /// The Broadcaster's thread, stopped once the server has stopped.
+    thread: Arc<BroadcasterThread>,
 }
 
 /// What [`watch`] and [`Shutdown`] share.
@@ -52,9 +58,9 @@ struct Watch {
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Stops the server, as a failure, if the Broadcaster stops while it serves.
-/// It runs on an HTTP worker's thread: should that thread ever die, every
-/// stream and publish would fail from then on, and a process that exits can
-/// be restarted by its supervisor, while one that lingers cannot.
+/// Nothing but the shutdown stops it; should its thread ever die (a panic),
+/// every stream and publish would fail from then on, and a process that
+/// exits can be restarted by its supervisor, while one that lingers cannot.
 fn watch(broadcaster: Addr<Broadcaster>, server: ServerHandle, watch: Arc<Watch>) {
     actix_web::rt::spawn(async move {
         let mut tick = actix_web::rt::time::interval(WATCH_INTERVAL);
@@ -70,30 +76,68 @@ fn watch(broadcaster: Addr<Broadcaster>, server: ServerHandle, watch: Arc<Watch>
     });
 }
 
+/// The Broadcaster's own thread (an actix arbiter), stopped and joined
+/// when the last holder lets go: after the server has stopped, so that no
+/// worker can outlive it, and nothing a worker does can end it early.
+struct BroadcasterThread {
+    arbiter: std::sync::Mutex<Option<Arbiter>>,
+}
+
+impl BroadcasterThread {
+    /// Stops the arbiter and waits for its thread; idempotent.
+    fn stop(&self) {
+        let arbiter = self.arbiter.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(arbiter) = arbiter {
+            arbiter.stop();
+            // A thread that panicked has stopped all the same.
+            let _ = arbiter.join();
+        }
+    }
+}
+
+impl Drop for BroadcasterThread {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Stops the server: drains the streams, then stops accepting and serving.
 #[derive(Clone)]
 pub struct Shutdown {
     server: ServerHandle,
     broadcaster: Addr<Broadcaster>,
     drain: Duration,
-    /// The shared-flow reader, stopped once the streams are drained.
-    reader: Option<tokio::task::AbortHandle>,
+    /// The shared-flow tasks (reader, refresh listener), stopped once the
+    /// streams are drained.
+    tasks: Vec<tokio::task::AbortHandle>,
     watch: Arc<Watch>,
+    thread: Arc<BroadcasterThread>,
 }
 
 impl Shutdown {
-    /// Ends every stream spread over the drain window, then stops the server.
-    /// Returns once the server has stopped.
+    /// Ends every stream spread over the drain window, then stops the
+    /// server and the Broadcaster. Returns once both have stopped; what is
+    /// still open `SHUTDOWN_DRAIN_SECS` + 3 s after the call is cut.
     pub async fn run(&self) {
         self.watch.stopping.store(true, Ordering::SeqCst);
         // Stop accepting first, so clients reconnect elsewhere (or later).
         let stopping = self.server.stop(true);
-        // If the actor is already gone there is nothing left to drain.
+        // The Broadcaster lives on its own thread until the server has
+        // stopped, whichever worker each stream is on. If it is already
+        // gone there is nothing left to drain.
         let _ = self.broadcaster.send(Drain { window: self.drain }).await;
-        stopping.await;
-        if let Some(reader) = &self.reader {
-            reader.abort();
+        let cut = self.drain + Duration::from_secs(SHUTDOWN_GRACE_SECS);
+        if tokio::time::timeout(cut, stopping).await.is_err() {
+            // actix counts its own timeout in whole seconds from when it
+            // began; this cuts at the exact moment.
+            self.server.stop(false).await;
         }
+        for task in &self.tasks {
+            task.abort();
+        }
+        let thread = self.thread.clone();
+        // Joining waits for the thread: off the async workers.
+        let _ = actix_web::rt::task::spawn_blocking(move || thread.stop()).await;
     }
 }
 
@@ -117,6 +161,35 @@ fn connection_socket(connection: &dyn Any) -> Option<ConnectionSocket> {
         Some(b"h2") => None,
         _ => Some(ConnectionSocket::of(socket)),
     }
+}
+
+/// Messages that may wait in the Broadcaster's mailbox before `send`
+/// waits: a connect burst (thousands of reconnects) queues rather than
+/// pushing back on handlers.
+const BROADCASTER_MAILBOX: usize = 1 << 16;
+
+/// Opens the embedded store under `dir`; the revocations it kept are in
+/// force again at once.
+fn open_store(
+    dir: &std::path::Path,
+    config: &Config,
+    revocations: &Revocations,
+) -> std::io::Result<(Store, eventlog::Loaded)> {
+    let floor = EventId::new(clock::unix_now_ms(), 0);
+    let revocations_since = clock::unix_now().saturating_sub(config.revoke_ttl_secs);
+    let (store, mut loaded) = Store::open(dir, floor, revocations_since)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    for (key, at) in std::mem::take(&mut loaded.revocations) {
+        if let Some(revocation) = Revocation::from_key(&key) {
+            revocations.record(revocation, at);
+        }
+    }
+    log::info!(
+        "history: {} events loaded from {}",
+        loaded.events.len(),
+        dir.display()
+    );
+    Ok((store, loaded))
 }
 
 /// Random hex, for a development secret.
@@ -212,75 +285,113 @@ impl Application {
             revocations: revocations.clone(),
         });
         let metrics = Arc::new(Metrics::default());
-        let store = match (&config.redis_url, &config.storage) {
-            (None, Storage::Disk(dir)) => {
-                let floor = EventId::new(clock::unix_now_ms(), 0);
-                let revocations_since = clock::unix_now().saturating_sub(config.revoke_ttl_secs);
-                let (store, mut loaded) =
-                    Store::open(dir, floor, revocations_since).map_err(|e| {
-                        std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
-                    })?;
-                for (key, at) in std::mem::take(&mut loaded.revocations) {
-                    if let Some(revocation) = Revocation::from_key(&key) {
-                        revocations.record(revocation, at);
-                    }
-                }
-                log::info!(
-                    "history: {} events loaded from {}",
-                    loaded.events.len(),
-                    dir.display()
-                );
-                Some((store, loaded))
-            }
-            _ => None,
-        };
         let retention = RetentionLimits {
             per_audience: config.history_per_audience,
             ttl_ms: config.history_ttl.as_millis() as u64,
             max_bytes: config.history_max_bytes,
         };
-        let (broadcaster, pending) = Broadcaster::prepare(
-            Limits {
-                max_connections: config.max_connections,
-                max_connections_per_user: config.max_connections_per_user,
-                heartbeat_interval: config.heartbeat_interval,
-                expiry_warning_secs: config.token_expiry_warning_secs,
-                retention,
-            },
-            metrics.clone(),
-            store,
-        )?;
-        let (bus, reader) = match &config.redis_url {
-            None => (EventBus::Memory(broadcaster.clone()), None),
-            Some(url) => {
-                let (bus, mut reader) = backend::redis::connect(
+        let limits = Limits {
+            max_connections: config.max_connections,
+            max_connections_per_user: config.max_connections_per_user,
+            heartbeat_interval: config.heartbeat_interval,
+            expiry_warning_secs: config.token_expiry_warning_secs,
+            retention,
+        };
+        // Where events live, fixed here: Redis (shared ids), the embedded
+        // store, or memory (this process's own ids).
+        let storage = match (&config.redis_url, &config.storage) {
+            (Some(_), _) => None,
+            (None, Storage::Disk(dir)) => Some(open_store(dir, &config, &revocations)?),
+            (None, Storage::Memory) => None,
+        };
+        let ids = match (&config.redis_url, &storage) {
+            (Some(_), _) => IdSource::Shared,
+            (None, Some((_, loaded))) => {
+                // Ids keep increasing across restarts.
+                let after_stored = loaded.events.last().map_or(0, |newest| newest.id.epoch + 1);
+                IdSource::Own(Arc::new(Sequencer::new(new_epoch(after_stored))))
+            }
+            (None, None) => IdSource::Own(Arc::new(Sequencer::new(new_epoch(0)))),
+        };
+        // The Broadcaster's address first: the log hands the flow to it.
+        let (sender, mailbox) = actix::dev::channel::channel(BROADCASTER_MAILBOX);
+        let broadcaster: Addr<Broadcaster> = Addr::new(sender);
+        let sink: eventlog::Sink = {
+            let broadcaster = broadcaster.clone();
+            Arc::new(move |flow| {
+                if !broadcaster.connected() {
+                    return Err(SinkStopped);
+                }
+                // Not `send`: the order of the flow is the mailbox's order,
+                // and appending must not wait for the fan-out.
+                broadcaster.do_send(Deliver(flow));
+                Ok(())
+            })
+        };
+        let (event_log, restored, tasks) = match (&config.redis_url, storage, &ids) {
+            (Some(url), _, _) => {
+                let local: LocalRefresh = {
+                    let broadcaster = broadcaster.clone();
+                    Arc::new(move |refresh| {
+                        let asked = broadcaster.send(Refresh(refresh));
+                        Box::pin(async move { asked.await.map_err(|_| SinkStopped) })
+                    })
+                };
+                let (redis, mut reader, listener) = eventlog::redis::connect(
                     url,
                     &config.redis_stream_key,
                     retention,
                     revocations.clone(),
-                    broadcaster.clone(),
+                    sink,
+                    local,
                 )
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
                 if let Err(e) = reader.preload().await {
                     log::warn!("redis: unreachable at start ({e}); serving streams and catching up when it returns");
                 }
-                let task = actix_web::rt::spawn(reader.run());
-                (EventBus::Redis(Box::new(bus)), Some(task.abort_handle()))
+                let tasks = vec![
+                    actix_web::rt::spawn(reader.run()).abort_handle(),
+                    actix_web::rt::spawn(listener.run()).abort_handle(),
+                ];
+                (EventLog::Redis(Box::new(redis)), None, tasks)
             }
+            (None, Some((store, loaded)), IdSource::Own(sequencer)) => {
+                let sqlite = eventlog::sqlite::SqliteLog::start(store, sequencer.clone(), sink)?;
+                let evict: Evict = Box::new(sqlite.evictor());
+                (EventLog::Sqlite(sqlite), Some((loaded, evict)), Vec::new())
+            }
+            (None, _, IdSource::Own(sequencer)) => (
+                EventLog::Memory(eventlog::memory::MemoryLog::new(sequencer.clone(), sink)),
+                None,
+                Vec::new(),
+            ),
+            (None, _, IdSource::Shared) => unreachable!("shared ids come only with Redis"),
         };
-        let tickets = match &bus {
-            EventBus::Memory(_) => Tickets::in_memory(),
-            EventBus::Redis(redis) => {
-                Tickets::in_redis(redis.connection().clone(), &config.redis_stream_key)
-            }
+        let actor = Broadcaster::new(limits, metrics.clone(), ids, revocations.clone(), restored);
+        let directory = actor.directory();
+        // Its own thread, owned by the shutdown (see `BroadcasterThread`).
+        let arbiter = Arbiter::with_tokio_rt(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the Broadcaster's thread")
+        });
+        arbiter.spawn_fn(move || {
+            Context::with_receiver(mailbox).run(actor);
+        });
+        let thread = Arc::new(BroadcasterThread {
+            arbiter: std::sync::Mutex::new(Some(arbiter)),
+        });
+        let tickets = match event_log.redis() {
+            None => Tickets::in_memory(),
+            Some(redis) => Tickets::in_redis(redis.connection().clone(), &config.redis_stream_key),
         };
         let config = Arc::new(config);
         let state = web::Data::new(AppState {
             tickets,
-            revocations,
+            revocations: revocations.clone(),
             config: config.clone(),
-            broadcaster: broadcaster.clone(),
-            bus,
+            notifier: Notifier::new(event_log, broadcaster.clone(), directory, revocations),
             metrics,
         });
 
@@ -292,15 +403,7 @@ impl Application {
         let origins = config.cors_allowed_origins.clone();
         let access_log =
             log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info);
-        // The Broadcaster runs on the first HTTP worker to start, so that the
-        // requests served there reach it without a switch between threads
-        // (with one worker, all of them). Until then messages wait, in order,
-        // in its mailbox. If the server never starts, it never runs.
-        let pending = Arc::new(std::sync::Mutex::new(Some(pending)));
         let server = HttpServer::new(move || {
-            if let Some(pending) = pending.lock().ok().and_then(|mut slot| slot.take()) {
-                pending.start();
-            }
             let cors = origins.iter().fold(
                 Cors::default()
                     .block_on_origin_mismatch(false)
@@ -337,7 +440,13 @@ impl Application {
             }
         })
         .disable_signals()
-        .shutdown_timeout(config.shutdown_drain.as_secs() + SHUTDOWN_GRACE_SECS);
+        .shutdown_timeout(
+            // Whole seconds only: rounded up, so a fractional window is not
+            // cut short; `Shutdown::run` cuts at the exact moment.
+            (config.shutdown_drain + Duration::from_secs(SHUTDOWN_GRACE_SECS))
+                .as_secs_f64()
+                .ceil() as u64,
+        );
         // HTTP/2 runs with actix's defaults, which suit streams: no limit on
         // concurrent streams per connection (none is advertised, so a
         // browser's 100 fit; MAX_CONNECTIONS and MAX_CONNECTIONS_PER_USER
@@ -361,13 +470,15 @@ impl Application {
             server: server.handle(),
             broadcaster,
             drain: config.shutdown_drain,
-            reader,
+            tasks,
             watch: watched.clone(),
+            thread: thread.clone(),
         };
         Ok(Self {
             port,
             server,
             shutdown,
+            thread,
             auth,
             certificates,
             watch: watched,
@@ -411,7 +522,11 @@ impl Application {
     /// Serves until stopped through a [`Shutdown`] handle.
     /// An error if the Broadcaster stopped while serving (see [`watch`]).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await?;
+        let served = self.server.await;
+        let thread = self.thread.clone();
+        // Joining waits for the thread: off the async workers.
+        let _ = actix_web::rt::task::spawn_blocking(move || thread.stop()).await;
+        served?;
         if self.watch.lost.load(Ordering::SeqCst) {
             return Err(std::io::Error::other(
                 "the Broadcaster stopped while serving",

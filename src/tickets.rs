@@ -158,8 +158,39 @@ impl Tickets {
         Ok(ticket)
     }
 
-    /// Spends a ticket: the identity it stands for, once.
-    pub(crate) async fn redeem(&self, ticket: &str) -> Result<Identity, TicketError> {
+    /// The identity a ticket stands for, without spending it: a request is
+    /// checked with it first, so a refused request (400, 401, 403) leaves
+    /// the ticket usable.
+    pub(crate) async fn peek(&self, ticket: &str) -> Result<Identity, TicketError> {
+        if !well_formed(ticket) {
+            return Err(TicketError::Invalid);
+        }
+        match self {
+            Self::Memory(tickets) => {
+                let tickets = tickets.lock().unwrap_or_else(|p| p.into_inner());
+                match tickets.get(ticket) {
+                    Some((identity, until)) if *until > Instant::now() => Ok(Identity {
+                        source: TokenSource::Ticket,
+                        ..identity.clone()
+                    }),
+                    _ => Err(TicketError::Invalid),
+                }
+            }
+            Self::Redis { connection, prefix } => {
+                let mut command = redis::cmd("GET");
+                command.arg(format!("{prefix}:ticket:{ticket}"));
+                let stored: Option<String> = in_time(connection, command).await?;
+                stored
+                    .and_then(|json| serde_json::from_str::<Bearer>(&json).ok())
+                    .and_then(Bearer::identity)
+                    .ok_or(TicketError::Invalid)
+            }
+        }
+    }
+
+    /// Spends a ticket: the identity it stands for, once, and what
+    /// [`Tickets::give_back`] needs should the stream still be refused.
+    pub(crate) async fn redeem(&self, ticket: &str) -> Result<Spent, TicketError> {
         if !well_formed(ticket) {
             return Err(TicketError::Invalid);
         }
@@ -167,29 +198,92 @@ impl Tickets {
             Self::Memory(tickets) => {
                 let mut tickets = tickets.lock().unwrap_or_else(|p| p.into_inner());
                 match tickets.remove(ticket) {
-                    Some((identity, until)) if until > Instant::now() => Ok(Identity {
-                        source: TokenSource::Ticket,
-                        ..identity
+                    Some((identity, until)) if until > Instant::now() => Ok(Spent {
+                        ticket: ticket.to_owned(),
+                        identity: Identity {
+                            source: TokenSource::Ticket,
+                            ..identity
+                        },
+                        left: until.saturating_duration_since(Instant::now()),
                     }),
                     _ => Err(TicketError::Invalid),
                 }
             }
             Self::Redis { connection, prefix } => {
-                let mut connection = connection.clone();
-                let mut command = redis::cmd("GETDEL");
-                command.arg(format!("{prefix}:ticket:{ticket}"));
-                let sent = command.query_async::<Option<String>>(&mut connection);
-                let stored = match tokio::time::timeout(REDIS_TIMEOUT, sent).await {
-                    Ok(Ok(stored)) => stored,
-                    Ok(Err(e)) => return Err(TicketError::Unavailable(e.to_string())),
-                    Err(_) => return Err(TicketError::Unavailable("Redis timed out".into())),
-                };
-                stored
-                    .and_then(|json| serde_json::from_str::<Bearer>(&json).ok())
+                let mut command = redis::cmd("EVAL");
+                command
+                    .arg(SPEND_SCRIPT)
+                    .arg(1)
+                    .arg(format!("{prefix}:ticket:{ticket}"));
+                let stored: Option<(String, i64)> = in_time(connection, command).await?;
+                let (json, left_ms) = stored.ok_or(TicketError::Invalid)?;
+                let identity = serde_json::from_str::<Bearer>(&json)
+                    .ok()
                     .and_then(Bearer::identity)
-                    .ok_or(TicketError::Invalid)
+                    .ok_or(TicketError::Invalid)?;
+                Ok(Spent {
+                    ticket: ticket.to_owned(),
+                    identity,
+                    left: Duration::from_millis(left_ms.max(1) as u64),
+                })
             }
         }
+    }
+
+    /// Makes a spent ticket usable again for the rest of its time, when the
+    /// stream it was spent on was refused after all (too many streams). A
+    /// failure to put it back is only logged: the client buys a new one.
+    pub(crate) async fn give_back(&self, spent: Spent) {
+        match self {
+            Self::Memory(tickets) => {
+                let mut tickets = tickets.lock().unwrap_or_else(|p| p.into_inner());
+                tickets.insert(spent.ticket, (spent.identity, Instant::now() + spent.left));
+            }
+            Self::Redis { connection, prefix } => {
+                let Ok(value) = serde_json::to_string(&Bearer::of(&spent.identity)) else {
+                    return;
+                };
+                let mut command = redis::cmd("SET");
+                command
+                    .arg(format!("{prefix}:ticket:{}", spent.ticket))
+                    .arg(value)
+                    .arg("PX")
+                    .arg(spent.left.as_millis().max(1) as u64)
+                    .arg("NX");
+                if let Err(e) = in_time::<Option<String>>(connection, command).await {
+                    log::warn!("tickets: a refused stream's ticket could not be given back: {e:?}");
+                }
+            }
+        }
+    }
+}
+
+/// A ticket just spent: who it stood for, and how long it had left.
+pub(crate) struct Spent {
+    ticket: String,
+    pub identity: Identity,
+    left: Duration,
+}
+
+/// Reads a ticket, its milliseconds left, and deletes it, atomically.
+const SPEND_SCRIPT: &str = r"
+local value = redis.call('GET', KEYS[1])
+if not value then return nil end
+local left = redis.call('PTTL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return {value, left}
+";
+
+/// Runs a ticket command within `REDIS_TIMEOUT`.
+async fn in_time<T: redis::FromRedisValue>(
+    connection: &ConnectionManager,
+    command: redis::Cmd,
+) -> Result<T, TicketError> {
+    let mut connection = connection.clone();
+    match tokio::time::timeout(REDIS_TIMEOUT, command.query_async::<T>(&mut connection)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(TicketError::Unavailable(e.to_string())),
+        Err(_) => Err(TicketError::Unavailable("Redis timed out".into())),
     }
 }
 
@@ -218,30 +312,49 @@ mod tests {
             .await
             .unwrap();
         assert!(well_formed(&ticket));
-        let identity = tickets.redeem(&ticket).await.unwrap();
+        let peeked = tickets.peek(&ticket).await.unwrap();
+        assert_eq!(peeked.user.as_str(), "alice", "a look does not spend it");
+        let identity = tickets.redeem(&ticket).await.unwrap().identity;
         assert_eq!(identity.user.as_str(), "alice");
         assert_eq!(identity.valid_until, 2_000_000_005);
         assert_eq!(identity.source, TokenSource::Ticket);
-        assert_eq!(
-            tickets.redeem(&ticket).await.err(),
-            Some(TicketError::Invalid)
-        );
+        assert!(matches!(
+            tickets.redeem(&ticket).await,
+            Err(TicketError::Invalid)
+        ));
+        assert!(matches!(
+            tickets.peek(&ticket).await,
+            Err(TicketError::Invalid)
+        ));
+    }
+
+    #[actix_web::test]
+    async fn a_ticket_given_back_can_be_spent_again() {
+        let tickets = Tickets::in_memory();
+        let ticket = tickets
+            .issue(&alice(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        let spent = tickets.redeem(&ticket).await.unwrap();
+        tickets.give_back(spent).await;
+        assert!(tickets.redeem(&ticket).await.is_ok());
     }
 
     #[actix_web::test]
     async fn late_and_forged_tickets_are_invalid() {
         let tickets = Tickets::in_memory();
         let late = tickets.issue(&alice(), Duration::ZERO).await.unwrap();
-        assert_eq!(
-            tickets.redeem(&late).await.err(),
-            Some(TicketError::Invalid)
-        );
         let forged = "a".repeat(2 * TICKET_BYTES);
-        assert_eq!(
-            tickets.redeem(&forged).await.err(),
-            Some(TicketError::Invalid)
-        );
-        assert_eq!(tickets.redeem("x*").await.err(), Some(TicketError::Invalid));
+        for ticket in [late.as_str(), forged.as_str(), "x*"] {
+            assert!(matches!(
+                tickets.redeem(ticket).await,
+                Err(TicketError::Invalid)
+            ));
+            assert!(matches!(
+                tickets.peek(ticket).await,
+                Err(TicketError::Invalid)
+            ));
+        }
     }
 
     #[test]

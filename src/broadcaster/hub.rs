@@ -9,7 +9,7 @@
 //! [`Outbox`], whose slow-consumer policy ends a stream that fell too far
 //! behind; the Hub then forgets that stream.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,23 +17,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
+use super::directory::Directory;
 use super::outbox::{Outbox, Push};
-use super::retention::{AudienceKey, Retention, RetentionLimits};
-use crate::domain::{Audience, Channel, EventId, Outgoing, Published, Stamped, UserId};
-use crate::metrics::{Metrics, Snapshot};
+use super::retention::{Retained, Retention};
+use crate::domain::{
+    Audience, AudienceKey, Channel, ClientId, EventId, Published, RefreshError, Stamped,
+    TokenRefresh, UserId,
+};
+use crate::eventlog::{FlowItem, IdSource, Loaded, RetentionLimits};
+use crate::metrics::Metrics;
 use crate::revocations::Revocation;
 use crate::sse;
-use crate::store::Loaded;
-
-/// A stream's identity, reported to the client as `client_id`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientId(pub uuid::Uuid);
-
-impl ClientId {
-    pub fn random() -> Self {
-        Self(uuid::Uuid::new_v4())
-    }
-}
 
 /// The limits the Hub enforces.
 #[derive(Clone, Debug)]
@@ -62,6 +56,9 @@ pub struct NewStream {
     pub expires_at: u64,
     /// The token's `jti`, if any, so revoking that token ends the stream.
     pub token_id: Option<String>,
+    /// The token's `iat`, if any (a user's revocation covers tokens issued
+    /// before it).
+    pub issued_at: Option<u64>,
     pub outbox: Arc<Outbox>,
 }
 
@@ -69,18 +66,11 @@ pub struct NewStream {
 #[derive(Debug, PartialEq, Eq)]
 pub enum ConnectError {
     TooManyConnections(String),
+    /// Its token was revoked while the request was on its way.
+    Revoked,
     ShuttingDown,
     /// A fault of the server's own, with its cause.
     Internal(String),
-}
-
-/// Why a stream's token could not be replaced.
-#[derive(Debug, PartialEq, Eq)]
-pub enum RefreshError {
-    /// No such stream here, or it is another user's.
-    NotFound,
-    /// The new token does not allow this channel of the stream.
-    ChannelNotAllowed(Channel),
 }
 
 /// What the stream starts with.
@@ -109,7 +99,7 @@ struct Client {
     expires_at: u64,
     /// When the `token-expiring` warning is due, until it has been sent.
     warn_at: Option<u64>,
-    /// The token's `jti`, if any.
+    /// The `jti` of the token it holds now (the last refresh's), if any.
     token_id: Option<Box<str>>,
     channels: Box<[Channel]>,
     outbox: Arc<Outbox>,
@@ -127,8 +117,9 @@ struct Client {
 #[derive(Clone, Debug)]
 pub struct HistoryEntry {
     pub id: EventId,
-    /// The event's SSE frame, as it was sent live.
-    pub frame: Bytes,
+    pub name: String,
+    /// The event's data, as published (JSON text).
+    pub data: String,
     /// Milliseconds since the Unix epoch.
     pub published_at: u64,
 }
@@ -152,10 +143,9 @@ pub struct Hub {
     /// Every registered stream; removed on disconnect, on a failed push, by
     /// expiry, or by the drain.
     clients: HashMap<ClientId, Client>,
-    /// The streams of each user; a user is removed with its last stream.
-    users: HashMap<UserId, Vec<ClientId>>,
-    /// The subscribers of each channel; a channel is removed with its last subscriber.
-    channels: HashMap<Channel, HashSet<ClientId>>,
+    /// The streams of each user and of each channel, shared read-only with
+    /// publishers and metrics; kept in step with `clients`.
+    directory: Arc<Directory>,
     /// Every stream by when its token stops being valid, soonest first.
     expiries: BTreeSet<(u64, ClientId)>,
     /// Streams by when their `token-expiring` warning is due, soonest first;
@@ -163,12 +153,11 @@ pub struct Hub {
     warnings: BTreeSet<(u64, ClientId)>,
     /// The retained events of every audience, for resume and `/api/history`.
     retention: Retention,
-    /// This process's id epoch (the in-memory event flow).
-    epoch: u64,
-    /// The next sequence number to assign (the in-memory event flow).
-    next_seq: u64,
-    /// Events given an id and answered but not yet fanned out, in id order.
-    pending: VecDeque<Stamped>,
+    /// Where ids come from: this node's own sequence, or a shared flow.
+    ids: IdSource,
+    /// In a shared flow, the newest entry this node has read (events and
+    /// controls alike): ids past it may have been delivered elsewhere.
+    position: Option<EventId>,
     /// Counter of fan-out passes, for once-only delivery of unions.
     pass: u64,
     /// Counter of registrations, for [`Client::opened`].
@@ -180,9 +169,6 @@ pub struct Hub {
     draining: bool,
     /// Streams still to end, the next one last.
     drain_queue: Vec<ClientId>,
-    /// Whether ids come from a shared flow (set by [`Hub::preload`]) rather
-    /// than from this Hub's own `<epoch>-<n>`.
-    shared_flow: bool,
 }
 
 /// How far ahead of this node's clock a shared flow's id (its server's
@@ -190,18 +176,27 @@ pub struct Hub {
 const SHARED_FLOW_CLOCK_SKEW_MS: u64 = 60_000;
 
 impl Hub {
-    /// An empty Hub whose in-memory ids are `<epoch>-<n>`.
-    pub fn new(limits: Limits, metrics: Arc<Metrics>, epoch: u64) -> Self {
+    /// An empty Hub. Its history begins at `ids`' floor: with its own
+    /// sequence, the first id of this process; in a shared flow, nothing is
+    /// from before it (ids are cluster-wide).
+    pub fn new(
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        directory: Arc<Directory>,
+        ids: IdSource,
+    ) -> Self {
+        let floor = match &ids {
+            IdSource::Own(sequencer) => sequencer.floor(),
+            IdSource::Shared => EventId::new(0, 0),
+        };
         Self {
             clients: HashMap::new(),
-            users: HashMap::new(),
-            channels: HashMap::new(),
+            directory,
             expiries: BTreeSet::new(),
             warnings: BTreeSet::new(),
-            retention: Retention::new(limits.retention, EventId::new(epoch, 0), false),
-            epoch,
-            next_seq: 1,
-            pending: VecDeque::new(),
+            retention: Retention::new(limits.retention, floor, false),
+            ids,
+            position: None,
             pass: 0,
             opened: 0,
             limits,
@@ -221,8 +216,12 @@ impl Hub {
             metrics,
             draining: false,
             drain_queue: Vec::new(),
-            shared_flow: false,
         }
+    }
+
+    /// The index this Hub keeps, for readers on other threads.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
     }
 
     /// Registers a stream, queueing `connected` and any replay before live
@@ -238,7 +237,12 @@ impl Hub {
                 self.limits.max_connections
             )));
         }
-        let user_streams = self.users.get(&stream.user).map_or(0, Vec::len);
+        let user_streams = self
+            .directory
+            .read()
+            .users
+            .get(&stream.user)
+            .map_or(0, Vec::len);
         if user_streams >= self.limits.max_connections_per_user {
             return Err(ConnectError::TooManyConnections(format!(
                 "user already has {user_streams} streams open (MAX_CONNECTIONS_PER_USER)"
@@ -273,15 +277,20 @@ impl Hub {
             stream.outbox.push_unbounded(frame, true);
         }
 
-        self.users
-            .entry(stream.user.clone())
-            .or_default()
-            .push(stream.id);
-        for channel in &stream.channels {
-            self.channels
-                .entry(channel.clone())
+        {
+            let mut index = self.directory.write();
+            index
+                .users
+                .entry(stream.user.clone())
                 .or_default()
-                .insert(stream.id);
+                .push(stream.id);
+            for channel in &stream.channels {
+                index
+                    .channels
+                    .entry(channel.clone())
+                    .or_default()
+                    .insert(stream.id);
+            }
         }
         self.expiries.insert((stream.valid_until, stream.id));
         let warn_at = stream
@@ -304,6 +313,7 @@ impl Hub {
                 skip_through,
             },
         );
+        self.directory.set_connections(self.clients.len());
         self.metrics
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
@@ -325,74 +335,49 @@ impl Hub {
         if let Some(warn_at) = client.warn_at {
             self.warnings.remove(&(warn_at, id));
         }
-        if let Some(streams) = self.users.get_mut(&client.user) {
+        self.directory.set_connections(self.clients.len());
+        let mut index = self.directory.write();
+        if let Some(streams) = index.users.get_mut(&client.user) {
             streams.retain(|other| *other != id);
             if streams.is_empty() {
-                self.users.remove(&client.user);
+                index.users.remove(&client.user);
             }
         }
         for channel in client.channels.iter() {
-            if let Some(subscribers) = self.channels.get_mut(channel) {
+            if let Some(subscribers) = index.channels.get_mut(channel) {
                 subscribers.remove(&id);
                 if subscribers.is_empty() {
-                    self.channels.remove(channel);
+                    index.channels.remove(channel);
                 }
             }
         }
     }
 
-    /// Gives events their ids (the in-memory event flow) and queues them for
-    /// [`Hub::flush`]; answers with what each will reach. Answering before the
-    /// fan-out lets the publisher's reply go out before the streams it wakes.
-    pub fn publish(&mut self, events: Vec<Outgoing>, now_ms: u64) -> Vec<Published> {
-        let (stamped, published) = self.stamp(events, now_ms);
-        self.pending.extend(stamped);
-        published
-    }
-
-    /// Gives events their ids and counts what each will reach now, without
-    /// delivering them: a durable store writes them first, and they come back
-    /// through [`Hub::deliver`] once they are on disk.
-    pub fn stamp(&mut self, events: Vec<Outgoing>, now_ms: u64) -> (Vec<Stamped>, Vec<Published>) {
-        let mut stamped = Vec::with_capacity(events.len());
-        let mut published = Vec::with_capacity(events.len());
-        for event in events {
-            let id = EventId::new(self.epoch, self.next_seq);
-            self.next_seq += 1;
-            published.push(Published {
-                id: id.to_string(),
-                recipients: self.count_recipients(&event.audience),
-            });
-            stamped.push(Stamped {
-                id,
-                event,
-                published_at: now_ms,
-            });
-        }
-        (stamped, published)
-    }
-
-    /// Delivers every published event still waiting, oldest first. History is
-    /// written with the fan-out, so a stream registered in between receives
-    /// each event once, live.
-    pub fn flush(&mut self) {
-        while let Some(stamped) = self.pending.pop_front() {
-            self.fan_out(stamped);
-        }
-    }
-
-    /// Delivers events whose ids were assigned elsewhere (a shared event
-    /// flow), skipping any not newer than the newest already seen.
-    pub fn deliver(&mut self, events: Vec<Stamped>) -> Vec<Published> {
-        let mut published = Vec::with_capacity(events.len());
-        for stamped in events {
-            if self.retention.newest() >= Some(stamped.id) {
-                continue; // already delivered before a reconnect of the flow
+    /// Carries out what the event log hands on, in its order: each event is
+    /// fanned out and kept (skipping any not newer than the newest already
+    /// seen: a shared flow repeating itself after a reconnect), each
+    /// revocation ends the streams it covers. `position`: in a shared flow,
+    /// the newest entry read. Answers what each delivered event reached.
+    pub fn deliver(&mut self, items: Vec<FlowItem>, position: Option<EventId>) -> Vec<Published> {
+        let mut published = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                FlowItem::Event(stamped) => {
+                    if self.retention.newest() >= Some(stamped.id) {
+                        continue;
+                    }
+                    let id = stamped.id.to_string();
+                    let recipients = self.fan_out(stamped);
+                    published.push(Published { id, recipients });
+                }
+                FlowItem::Revoke(revocation) => {
+                    self.revoke(&revocation);
+                }
             }
-            let id = stamped.id.to_string();
-            let recipients = self.fan_out(stamped);
-            published.push(Published { id, recipients });
         }
+        self.position = self.position.max(position);
+        self.directory
+            .set_history(self.retention.len(), self.retention.bytes());
         published
     }
 
@@ -403,14 +388,13 @@ impl Hub {
         events: Vec<Stamped>,
         lost: Vec<(AudienceKey, EventId)>,
         horizon: EventId,
+        position: EventId,
     ) {
-        self.shared_flow = true;
-        if self.retention.newest().is_none() {
-            // Shared-flow ids are cluster-wide: none is from "before" this node.
-            self.retention.rebase(EventId::new(0, 0), false);
-        }
         self.retain_all(events);
         self.preload_losses(lost, horizon);
+        self.position = self.position.max(Some(position));
+        self.directory
+            .set_history(self.retention.len(), self.retention.bytes());
     }
 
     /// Keeps events that came before this node started, without delivering them.
@@ -424,6 +408,8 @@ impl Hub {
             self.retention.insert(
                 stamped.id,
                 stamped.event.audience,
+                stamped.event.name,
+                &stamped.event.data,
                 frame,
                 stamped.published_at,
             );
@@ -455,6 +441,8 @@ impl Hub {
         }
         self.retain_all(events);
         self.retention.purge(now_ms);
+        self.directory
+            .set_history(self.retention.len(), self.retention.bytes());
     }
 
     /// Events dropped from retention since the last call, for a durable
@@ -466,6 +454,8 @@ impl Hub {
     /// Drops retained events older than the TTL at `now_ms`.
     pub fn purge(&mut self, now_ms: u64) {
         self.retention.purge(now_ms);
+        self.directory
+            .set_history(self.retention.len(), self.retention.bytes());
     }
 
     /// The newest `limit` retained events for `user` on `channels` (and
@@ -482,9 +472,10 @@ impl Hub {
         HistoryPage {
             events: events
                 .into_iter()
-                .map(|(id, event)| HistoryEntry {
+                .map(|(id, event): (EventId, &Retained)| HistoryEntry {
                     id,
-                    frame: event.frame.clone(),
+                    name: event.name.as_str().to_owned(),
+                    data: event.data().to_owned(),
                     published_at: event.published_at,
                 })
                 .collect(),
@@ -492,9 +483,6 @@ impl Hub {
         }
     }
 
-    /// How many registered streams `audience` reaches, without touching their
-    /// queues (a stream that has just closed is still counted until it is
-    /// forgotten).
     /// A resume id that is newer than anything delivered here but was
     /// issued: by this Hub, to an event still on its way to the streams; or,
     /// in a shared flow, by another node whose streams already had it while
@@ -502,28 +490,23 @@ impl Hub {
     /// counts). A stream resuming from it gets those events live, and must
     /// not get the ones up to it twice. `None` for anything else, which the
     /// history answers (an id never issued is `recovered: false` there).
+    ///
+    /// In a shared flow only an id past what this node has read counts:
+    /// one at or before it that history does not hold was lost (expired,
+    /// trimmed, or from before the flow's history), and the history says so.
     fn not_yet_delivered(&self, last: &str, now_ms: u64) -> Option<EventId> {
         let last: EventId = last.parse().ok()?;
         if self.retention.newest().is_some_and(|newest| last <= newest) {
             return None;
         }
-        let issued = if self.shared_flow {
-            last.epoch <= now_ms.saturating_add(SHARED_FLOW_CLOCK_SKEW_MS)
-        } else {
-            last.epoch == self.epoch && last.seq < self.next_seq
+        let issued = match &self.ids {
+            IdSource::Shared => {
+                self.position.is_some_and(|position| last > position)
+                    && last.epoch <= now_ms.saturating_add(SHARED_FLOW_CLOCK_SKEW_MS)
+            }
+            IdSource::Own(sequencer) => sequencer.issued(last),
         };
         issued.then_some(last)
-    }
-
-    pub fn count_recipients(&mut self, audience: &Audience) -> usize {
-        match audience {
-            Audience::Everyone => self.clients.len(),
-            Audience::Targets { .. } => {
-                let mut count = 0;
-                self.each_recipient(audience, |_, _| count += 1);
-                count
-            }
-        }
     }
 
     /// Ends every stream whose token is no longer valid at `now`, after a
@@ -566,20 +549,22 @@ impl Hub {
     }
 
     /// Moves a stream's expiry to a fresh token's (`expires_at` its `exp`,
-    /// `valid_until` with the leeway), without closing it. The token must be
-    /// `user`'s and allow every channel of the stream (`allows`).
-    pub fn refresh(
-        &mut self,
-        id: ClientId,
-        user: &UserId,
-        allows: impl Fn(&Channel) -> bool,
-        expires_at: u64,
-        valid_until: u64,
-        now: u64,
-    ) -> Result<(), RefreshError> {
+    /// `valid_until` with the leeway), and the token it answers to (its
+    /// `jti`), without closing it. The token must be the stream user's and
+    /// allow every channel of the stream.
+    pub fn refresh(&mut self, refresh: TokenRefresh, now: u64) -> Result<(), RefreshError> {
+        let TokenRefresh {
+            id,
+            user,
+            patterns,
+            expires_at,
+            valid_until,
+            token_id,
+        } = refresh;
+        let allows = |channel: &Channel| patterns.iter().any(|pattern| pattern.allows(channel));
         let client = match self.clients.get_mut(&id) {
             // Another user's stream is reported as unknown: no probing.
-            Some(client) if client.user == *user => client,
+            Some(client) if client.user == user => client,
             _ => return Err(RefreshError::NotFound),
         };
         if let Some(denied) = client.channels.iter().find(|channel| !allows(channel)) {
@@ -596,6 +581,7 @@ impl Hub {
         let warn = pending.is_some() || expires_at > client.expires_at;
         client.valid_until = valid_until;
         client.expires_at = expires_at;
+        client.token_id = token_id.map(String::into_boxed_str);
         self.expiries.insert((valid_until, id));
         if warn {
             let warn_at = expires_at.saturating_sub(self.limits.expiry_warning_secs);
@@ -610,7 +596,13 @@ impl Hub {
     /// Returns how many were ended.
     pub fn revoke(&mut self, revocation: &Revocation) -> usize {
         let covered: Vec<ClientId> = match revocation {
-            Revocation::User(user) => self.users.get(user).cloned().unwrap_or_default(),
+            Revocation::User(user) => self
+                .directory
+                .read()
+                .users
+                .get(user)
+                .cloned()
+                .unwrap_or_default(),
             Revocation::Token(_) => self
                 .clients
                 .iter()
@@ -676,18 +668,9 @@ impl Hub {
     }
 
     /// The counts of what is open now.
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            connections: self.clients.len(),
-            users: self.users.len(),
-            channels: self
-                .channels
-                .iter()
-                .map(|(name, subscribers)| (name.to_string(), subscribers.len()))
-                .collect(),
-            history_len: self.retention.len(),
-            history_bytes: self.retention.bytes(),
-        }
+    #[cfg(test)]
+    pub fn snapshot(&self) -> crate::metrics::Snapshot {
+        self.directory.snapshot(None)
     }
 
     /// Calls `visit` once for every stream `audience` reaches, even when a
@@ -696,11 +679,9 @@ impl Hub {
         self.pass += 1;
         let pass = self.pass;
         let Self {
-            clients,
-            users,
-            channels,
-            ..
+            clients, directory, ..
         } = self;
+        let index = directory.read();
         let mut once = |id: ClientId, client: &mut Client| {
             if client.last_pass != pass {
                 client.last_pass = pass;
@@ -719,12 +700,12 @@ impl Hub {
             } => {
                 let targeted = target_users
                     .iter()
-                    .filter_map(|user| users.get(user))
+                    .filter_map(|user| index.users.get(user))
                     .flat_map(|streams| streams.iter())
                     .chain(
                         target_channels
                             .iter()
-                            .filter_map(|channel| channels.get(channel))
+                            .filter_map(|channel| index.channels.get(channel))
                             .flat_map(|subscribers| subscribers.iter()),
                     );
                 for id in targeted {
@@ -769,8 +750,14 @@ impl Hub {
         for client_id in gone {
             self.disconnect(client_id);
         }
-        self.retention
-            .insert(id, event.audience, frame, published_at);
+        self.retention.insert(
+            id,
+            event.audience,
+            event.name,
+            &event.data,
+            frame,
+            published_at,
+        );
         recipients
     }
 }
@@ -778,7 +765,8 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::EventName;
+    use crate::domain::{EventName, Outgoing};
+    use crate::eventlog::Sequencer;
     use crate::sse::{Frame, Parser};
 
     const EPOCH: u64 = 1_000;
@@ -800,7 +788,45 @@ mod tests {
     }
 
     fn hub() -> Hub {
-        Hub::new(limits(), Arc::new(Metrics::default()), EPOCH)
+        hub_with(limits())
+    }
+
+    fn hub_with(limits: Limits) -> Hub {
+        Hub::new(
+            limits,
+            Arc::new(Metrics::default()),
+            Arc::new(Directory::default()),
+            IdSource::Own(Arc::new(Sequencer::new(EPOCH))),
+        )
+    }
+
+    /// A Hub fed by a shared flow.
+    fn shared_hub() -> Hub {
+        Hub::new(
+            limits(),
+            Arc::new(Metrics::default()),
+            Arc::new(Directory::default()),
+            IdSource::Shared,
+        )
+    }
+
+    /// Gives events ids from the Hub's own sequence without delivering
+    /// them: published and answered, not yet fanned out.
+    fn stamp(hub: &Hub, events: Vec<Outgoing>) -> Vec<Stamped> {
+        let IdSource::Own(sequencer) = &hub.ids else {
+            panic!("a Hub with its own ids")
+        };
+        sequencer.stamp(events, |stamped| stamped)
+    }
+
+    fn deliver(hub: &mut Hub, stamped: Vec<Stamped>) -> Vec<Published> {
+        hub.deliver(stamped.into_iter().map(FlowItem::Event).collect(), None)
+    }
+
+    /// Stamps and delivers events; answers what each reached.
+    fn publish(hub: &mut Hub, events: Vec<Outgoing>) -> Vec<Published> {
+        let stamped = stamp(hub, events);
+        deliver(hub, stamped)
     }
 
     fn user(name: &str) -> UserId {
@@ -840,11 +866,33 @@ mod tests {
                 valid_until: u64::MAX,
                 expires_at: u64::MAX,
                 token_id: None,
+                issued_at: None,
                 outbox: outbox.clone(),
             },
             now,
         )?;
         Ok((id, outbox, connected))
+    }
+
+    /// A fresh token for stream `id` of `name`, allowing `patterns`.
+    fn fresh(
+        id: ClientId,
+        name: &str,
+        patterns: &[&str],
+        exp: u64,
+        token_id: Option<&str>,
+    ) -> TokenRefresh {
+        TokenRefresh {
+            id,
+            user: user(name),
+            patterns: patterns
+                .iter()
+                .map(|raw| crate::domain::ChannelPattern::parse(raw).unwrap())
+                .collect(),
+            expires_at: exp,
+            valid_until: exp,
+            token_id: token_id.map(str::to_owned),
+        }
     }
 
     fn event(name: &str, audience: Audience) -> Outgoing {
@@ -886,12 +934,11 @@ mod tests {
             received(outbox); // the `connected` event
         }
 
-        let published = hub.publish(
+        let published = publish(
+            &mut hub,
             vec![event("update", to(&["alice", "alice"], &["news", "sport"]))],
-            NOW,
         );
         assert_eq!(published[0].recipients, 2, "alice and bob, once each");
-        hub.flush();
 
         assert_eq!(names(&received(&alice)), ["update"]);
         assert_eq!(names(&received(&bob)), ["update"]);
@@ -900,14 +947,10 @@ mod tests {
 
     #[test]
     fn streams_beyond_the_per_user_and_total_limits_are_refused() {
-        let mut hub = Hub::new(
-            Limits {
-                max_connections: 4,
-                ..limits()
-            },
-            Arc::new(Metrics::default()),
-            EPOCH,
-        );
+        let mut hub = hub_with(Limits {
+            max_connections: 4,
+            ..limits()
+        });
         let first = open(&mut hub, "alice", &[], None).unwrap().0;
         open(&mut hub, "alice", &[], None).unwrap();
         open(&mut hub, "alice", &[], None).unwrap();
@@ -940,6 +983,7 @@ mod tests {
                 valid_until: 105,
                 expires_at: 100,
                 token_id: None,
+                issued_at: None,
                 outbox: outbox.clone(),
             },
             0,
@@ -1003,18 +1047,17 @@ mod tests {
     #[test]
     fn a_resume_replays_what_was_missed_then_goes_live_without_gap_or_repeat() {
         let mut hub = hub();
-        let first = hub.publish(
+        let first = publish(
+            &mut hub,
             vec![
                 event("one", Audience::Everyone),
                 event("two", to(&["alice"], &[])),
                 event("other", to(&["bob"], &[])),
                 event("three", to(&[], &["news"])),
             ],
-            NOW,
         );
-        hub.flush();
         // Published and answered, not yet fanned out when the stream registers.
-        let pending = hub.publish(vec![event("four", Audience::Everyone)], NOW);
+        let pending = stamp(&hub, vec![event("four", Audience::Everyone)]);
 
         let (_, outbox, connected) =
             open(&mut hub, "alice", &["news"], Some(&first[0].id)).unwrap();
@@ -1025,9 +1068,9 @@ mod tests {
                 recovered: true
             }
         );
-        hub.flush();
-        hub.publish(vec![event("five", to(&["alice"], &[]))], NOW);
-        hub.flush();
+        let pending_id = pending[0].id.to_string();
+        deliver(&mut hub, pending);
+        publish(&mut hub, vec![event("five", to(&["alice"], &[]))]);
 
         let frames = received(&outbox);
         assert_eq!(
@@ -1039,24 +1082,24 @@ mod tests {
             .map(|frame| frame.id.as_deref().unwrap().parse().unwrap())
             .collect();
         assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
-        assert_eq!(frames[3].id.as_deref(), Some(pending[0].id.as_str()));
+        assert_eq!(frames[3].id.as_deref(), Some(pending_id.as_str()));
     }
 
     #[test]
     fn a_resume_from_an_answered_event_not_yet_fanned_out_gets_only_what_follows() {
         let mut hub = hub();
-        hub.publish(vec![event("zero", Audience::Everyone)], NOW);
-        hub.flush();
-        let pending = hub.publish(
+        publish(&mut hub, vec![event("zero", Audience::Everyone)]);
+        let pending = stamp(
+            &hub,
             vec![
                 event("one", Audience::Everyone),
                 event("two", Audience::Everyone),
                 event("three", Audience::Everyone),
             ],
-            NOW,
         );
         // The publisher's answer named "two" before anything was fanned out.
-        let (_, outbox, connected) = open(&mut hub, "alice", &[], Some(&pending[1].id)).unwrap();
+        let (_, outbox, connected) =
+            open(&mut hub, "alice", &[], Some(&pending[1].id.to_string())).unwrap();
         assert_eq!(
             connected,
             Connected {
@@ -1064,27 +1107,26 @@ mod tests {
                 recovered: true
             }
         );
-        hub.flush();
+        deliver(&mut hub, pending);
         assert_eq!(names(&received(&outbox)), ["connected", "three"]);
 
         let next_id = EventId::new(EPOCH, 99).to_string();
         let (_, never, connected) = open(&mut hub, "bob", &[], Some(&next_id)).unwrap();
         assert!(!connected.recovered, "an id this Hub never gave out");
-        hub.publish(vec![event("four", Audience::Everyone)], NOW);
-        hub.flush();
+        publish(&mut hub, vec![event("four", Audience::Everyone)]);
         assert_eq!(names(&received(&never)), ["connected", "four"]);
     }
 
     #[test]
     fn a_resume_ahead_of_a_lagging_shared_flow_skips_what_the_client_already_has() {
-        let mut hub = hub();
+        let mut hub = shared_hub();
         let ms = NOW;
         let at = |seq| Stamped {
             id: EventId::new(ms, seq),
             event: event("e", Audience::Everyone),
             published_at: ms,
         };
-        hub.preload(vec![at(1)], Vec::new(), EventId::new(0, 0));
+        hub.preload(vec![at(1)], Vec::new(), EventId::new(0, 0), at(1).id);
         // Another node already delivered 2 and 3; this one has not read them.
         let last = EventId::new(ms, 3).to_string();
         let (_, outbox, connected) =
@@ -1096,7 +1138,7 @@ mod tests {
                 recovered: true
             }
         );
-        hub.deliver(vec![at(2), at(3), at(4)]);
+        deliver(&mut hub, vec![at(2), at(3), at(4)]);
         let ids: Vec<Option<String>> = received(&outbox).into_iter().map(|f| f.id).collect();
         assert_eq!(ids, [None, Some(EventId::new(ms, 4).to_string())]);
 
@@ -1105,28 +1147,23 @@ mod tests {
         let (_, outbox, connected) =
             open_at(&mut hub, "bob", &[], Some(&ahead), ms / 1000).unwrap();
         assert!(!connected.recovered);
-        hub.deliver(vec![at(5)]);
+        deliver(&mut hub, vec![at(5)]);
         assert_eq!(received(&outbox).len(), 2, "connected, then 5");
     }
 
     #[test]
     fn an_unknown_or_evicted_id_is_reported_as_not_recovered() {
-        let mut hub = Hub::new(
-            Limits {
-                retention: RetentionLimits {
-                    per_audience: 2,
-                    ..limits().retention
-                },
-                ..limits()
+        let mut hub = hub_with(Limits {
+            retention: RetentionLimits {
+                per_audience: 2,
+                ..limits().retention
             },
-            Arc::new(Metrics::default()),
-            EPOCH,
-        );
-        let published = hub.publish(
+            ..limits()
+        });
+        let published = publish(
+            &mut hub,
             (0..4).map(|_| event("e", Audience::Everyone)).collect(),
-            NOW,
         );
-        hub.flush();
 
         let (_, _, evicted) = open(&mut hub, "a", &[], Some(&published[0].id)).unwrap();
         assert_eq!(
@@ -1162,8 +1199,8 @@ mod tests {
             })
             .collect();
 
-        assert_eq!(hub.deliver(stamped[..2].to_vec()).len(), 2);
-        let again = hub.deliver(stamped);
+        assert_eq!(deliver(&mut hub, stamped[..2].to_vec()).len(), 2);
+        let again = deliver(&mut hub, stamped);
         assert_eq!(again.len(), 1, "only the new one");
         assert_eq!(again[0].id, "7-3");
         let ids: Vec<Option<String>> = received(&outbox).into_iter().map(|f| f.id).collect();
@@ -1187,6 +1224,7 @@ mod tests {
                 valid_until: exp,
                 expires_at: exp,
                 token_id: Some(format!("jti-{exp}")),
+                issued_at: None,
                 outbox: outbox.clone(),
             },
             now,
@@ -1211,11 +1249,10 @@ mod tests {
         let mut hub = hub();
         let (id, outbox) = open_expiring(&mut hub, 1_030, 1_000);
         assert_eq!(names(&received(&outbox)), ["connected", "token-expiring"]);
-        let any = |_: &Channel| true;
-        hub.refresh(id, &user("alice"), any, 1_030, 1_030, 1_001)
+        hub.refresh(fresh(id, "alice", &["*"], 1_030, None), 1_001)
             .unwrap();
         assert!(received(&outbox).is_empty(), "the same expiry: no warning");
-        hub.refresh(id, &user("alice"), any, 1_050, 1_050, 1_002)
+        hub.refresh(fresh(id, "alice", &["*"], 1_050, None), 1_002)
             .unwrap();
         assert_eq!(
             names(&received(&outbox)),
@@ -1232,28 +1269,23 @@ mod tests {
         hub.expire(1_050);
         assert_eq!(names(&received(&outbox)), ["token-expiring"]);
 
-        let news_only = |c: &Channel| c.as_str() == "news";
         assert_eq!(
-            hub.refresh(id, &user("bob"), news_only, 2_000, 2_000, 1_060),
+            hub.refresh(fresh(id, "bob", &["news"], 2_000, None), 1_060),
             Err(RefreshError::NotFound),
             "another user's stream is unknown"
         );
         assert_eq!(
-            hub.refresh(id, &user("alice"), |_| false, 2_000, 2_000, 1_060),
+            hub.refresh(fresh(id, "alice", &[], 2_000, None), 1_060),
             Err(RefreshError::ChannelNotAllowed(channel("news")))
         );
         assert_eq!(
             hub.refresh(
-                ClientId::random(),
-                &user("alice"),
-                news_only,
-                2_000,
-                2_000,
+                fresh(ClientId::random(), "alice", &["news"], 2_000, None),
                 1_060
             ),
             Err(RefreshError::NotFound)
         );
-        hub.refresh(id, &user("alice"), news_only, 2_000, 2_000, 1_060)
+        hub.refresh(fresh(id, "alice", &["news"], 2_000, None), 1_060)
             .unwrap();
 
         assert_eq!(hub.expire(1_500), 0, "the first token's exp has passed");
@@ -1281,5 +1313,79 @@ mod tests {
         assert_eq!(names(&received(&first)), ["revoked"]);
         assert!(bob.is_open());
         assert_eq!(hub.snapshot().connections, 1);
+    }
+
+    #[test]
+    fn a_refreshed_stream_answers_to_the_token_it_holds_now() {
+        let mut hub = hub();
+        let (id, outbox) = open_expiring(&mut hub, 5_000, 0);
+        received(&outbox);
+        hub.refresh(fresh(id, "alice", &["*"], 6_000, Some("jti-b")), 10)
+            .unwrap();
+        assert_eq!(
+            hub.revoke(&Revocation::Token("jti-5000".into())),
+            0,
+            "the token it was opened with is no longer the one it holds"
+        );
+        assert!(outbox.is_open());
+        assert_eq!(hub.revoke(&Revocation::Token("jti-b".into())), 1);
+        assert_eq!(names(&received(&outbox)), ["revoked"]);
+        assert!(!outbox.is_open());
+    }
+
+    #[test]
+    fn a_revocation_takes_effect_before_the_events_that_follow_it_in_the_flow() {
+        let mut hub = shared_hub();
+        let (_, alice, _) = open(&mut hub, "alice", &[], None).unwrap();
+        let (_, bob, _) = open(&mut hub, "bob", &[], None).unwrap();
+        received(&alice);
+        received(&bob);
+        let at = |seq| Stamped {
+            id: EventId::new(NOW, seq),
+            event: event("after", Audience::Everyone),
+            published_at: NOW,
+        };
+        hub.deliver(
+            vec![
+                FlowItem::Revoke(Revocation::User(user("alice"))),
+                FlowItem::Event(at(1)),
+            ],
+            Some(EventId::new(NOW, 1)),
+        );
+        assert_eq!(names(&received(&alice)), ["revoked"]);
+        assert_eq!(names(&received(&bob)), ["after"]);
+    }
+
+    #[test]
+    fn a_shared_flow_with_no_history_does_not_take_an_old_id_for_one_not_yet_read() {
+        let mut hub = shared_hub();
+        let now_s = NOW / 1000;
+        // The flow held nothing this node could load: everything before the
+        // moment it looked (its position) is unknown.
+        let position = EventId::new(NOW, 0);
+        hub.preload(Vec::new(), Vec::new(), position, position);
+        let old = EventId::new(NOW - 30_000, 0).to_string();
+        let (_, _, connected) = open_at(&mut hub, "alice", &[], Some(&old), now_s).unwrap();
+        assert_eq!(
+            connected,
+            Connected {
+                replayed: 0,
+                recovered: false
+            },
+            "events after it may have been lost"
+        );
+        // Past the position: another node may have delivered it already.
+        let ahead = EventId::new(NOW + 10, 0).to_string();
+        let (_, outbox, connected) = open_at(&mut hub, "bob", &[], Some(&ahead), now_s).unwrap();
+        assert!(connected.recovered);
+        deliver(
+            &mut hub,
+            vec![Stamped {
+                id: EventId::new(NOW + 10, 0),
+                event: event("seen", Audience::Everyone),
+                published_at: NOW,
+            }],
+        );
+        assert_eq!(names(&received(&outbox)), ["connected"], "not sent twice");
     }
 }

@@ -23,56 +23,54 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bytes::Bytes;
 
-use crate::domain::{Audience, Channel, EventId, UserId};
+use crate::domain::{Audience, AudienceKey, Channel, EventId, EventName, UserId};
+use crate::eventlog::RetentionLimits;
 
 /// Bytes charged for one retained event besides its frame: its map entry.
 const ENTRY_OVERHEAD: usize = 96;
 /// Bytes charged for each audience index an event is listed in.
 const INDEX_OVERHEAD: usize = 16;
 
-/// One audience's index key.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum AudienceKey {
-    Everyone,
-    User(UserId),
-    Channel(Channel),
-}
-
-impl AudienceKey {
-    /// The indexes an event published to `audience` is listed in.
-    pub(crate) fn of(audience: &Audience) -> Vec<Self> {
-        match audience {
-            Audience::Everyone => vec![Self::Everyone],
-            Audience::Targets { users, channels } => users
-                .iter()
-                .cloned()
-                .map(Self::User)
-                .chain(channels.iter().cloned().map(Self::Channel))
-                .collect(),
-        }
-    }
-
-    /// The indexes a stream of `user` on `channels` reads.
-    pub(crate) fn of_stream(user: &UserId, channels: &[Channel]) -> Vec<Self> {
-        std::iter::once(Self::User(user.clone()))
-            .chain(channels.iter().cloned().map(Self::Channel))
-            .chain(std::iter::once(Self::Everyone))
-            .collect()
-    }
-}
-
 /// An event as retention keeps it.
 #[derive(Clone, Debug)]
 pub(crate) struct Retained {
     pub audience: Audience,
+    /// The event's name, for `/api/history`.
+    pub name: EventName,
     /// The encoded SSE frame, shared with live delivery.
     pub frame: Bytes,
+    /// The data, when it spans several lines; otherwise it is the frame's
+    /// last `data:` line and is read from there ([`Retained::data`]), so it
+    /// is not kept twice.
+    multiline_data: Option<Box<str>>,
     /// When it was published, in milliseconds since the Unix epoch.
     pub published_at: u64,
     /// How many audience indexes it was listed in when published.
     indexes: usize,
     /// How many of them still list it; it is dropped at zero.
     listed_in: usize,
+}
+
+impl Retained {
+    /// The bytes charged for it besides the overheads: its frame, and its
+    /// data when kept apart.
+    fn charged_len(&self) -> usize {
+        self.frame.len() + self.multiline_data.as_ref().map_or(0, |data| data.len())
+    }
+
+    /// The event's data as published.
+    pub(crate) fn data(&self) -> &str {
+        if let Some(data) = &self.multiline_data {
+            return data;
+        }
+        // A one-line data is the frame's last line: `data: <data>\n\n`.
+        let body = &self.frame[..self.frame.len().saturating_sub(2)];
+        let start = body
+            .windows(6)
+            .rposition(|window| window == b"data: ")
+            .map_or(body.len(), |at| at + 6);
+        std::str::from_utf8(&body[start..]).unwrap_or_default()
+    }
 }
 
 /// One audience's index.
@@ -82,17 +80,6 @@ struct AudienceLog {
     ids: VecDeque<EventId>,
     /// The newest id this audience lost (to any bound), if any.
     evicted_up_to: Option<EventId>,
-}
-
-/// The bounds retention keeps.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RetentionLimits {
-    /// Newest events kept per audience; 0 keeps none.
-    pub per_audience: usize,
-    /// Oldest event kept, in milliseconds of age.
-    pub ttl_ms: u64,
-    /// Bytes of frames and index entries kept in all.
-    pub max_bytes: usize,
 }
 
 /// What resuming after an id finds for one stream.
@@ -149,6 +136,8 @@ impl Retention {
         &mut self,
         id: EventId,
         audience: Audience,
+        name: EventName,
+        data: &str,
         frame: Bytes,
         published_at: u64,
     ) -> bool {
@@ -165,11 +154,18 @@ impl Retention {
             return true;
         }
         let keys = AudienceKey::of(&audience);
-        self.bytes += Self::cost(frame.len(), keys.len());
+        let own_data = if data.contains(['\r', '\n']) {
+            data.len()
+        } else {
+            0
+        };
+        self.bytes += Self::cost(frame.len() + own_data, keys.len());
         self.events.insert(
             id,
             Retained {
                 audience,
+                name,
+                multiline_data: data.contains(['\r', '\n']).then(|| data.into()),
                 frame,
                 published_at,
                 indexes: keys.len(),
@@ -331,7 +327,7 @@ impl Retention {
         let Some((id, event)) = self.events.pop_first() else {
             return false;
         };
-        self.bytes -= Self::cost(event.frame.len(), event.indexes);
+        self.bytes -= Self::cost(event.charged_len(), event.indexes);
         if self.track_evicted {
             self.evicted.push(id);
         }
@@ -367,7 +363,7 @@ impl Retention {
         };
         event.listed_in -= 1;
         if event.listed_in == 0 {
-            *bytes -= Self::cost(event.frame.len(), event.indexes);
+            *bytes -= Self::cost(event.charged_len(), event.indexes);
             events.remove(&id);
             if track_evicted {
                 evicted.push(id);
@@ -421,6 +417,8 @@ mod tests {
         assert!(retention.insert(
             EventId::new(EPOCH, seq),
             audience,
+            EventName::default(),
+            "null",
             Bytes::from(seq.to_string()),
             at
         ));
@@ -587,7 +585,14 @@ mod tests {
     fn ids_that_are_not_newer_are_ignored() {
         let mut retention = retention(limits(10));
         put(&mut retention, 2, Audience::Everyone, 0);
-        assert!(!retention.insert(EventId::new(EPOCH, 1), Audience::Everyone, Bytes::new(), 0));
+        assert!(!retention.insert(
+            EventId::new(EPOCH, 1),
+            Audience::Everyone,
+            EventName::default(),
+            "null",
+            Bytes::new(),
+            0
+        ));
         assert_eq!(retention.len(), 1);
         assert_eq!(retention.newest(), Some(EventId::new(EPOCH, 2)));
     }

@@ -45,3 +45,34 @@ pub struct Published {
     /// Streams on this node the event was (or will at once be) queued to.
     pub recipients: usize,
 }
+
+/// One audience's index key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AudienceKey {
+    Everyone,
+    User(UserId),
+    Channel(Channel),
+}
+
+impl AudienceKey {
+    /// The indexes an event published to `audience` is listed in.
+    pub fn of(audience: &Audience) -> Vec<Self> {
+        match audience {
+            Audience::Everyone => vec![Self::Everyone],
+            Audience::Targets { users, channels } => users
+                .iter()
+                .cloned()
+                .map(Self::User)
+                .chain(channels.iter().cloned().map(Self::Channel))
+                .collect(),
+        }
+    }
+
+    /// The indexes a stream of `user` on `channels` reads.
+    pub fn of_stream(user: &UserId, channels: &[Channel]) -> Vec<Self> {
+        std::iter::once(Self::User(user.clone()))
+            .chain(channels.iter().cloned().map(Self::Channel))
+            .chain(std::iter::once(Self::Everyone))
+            .collect()
+    }
+}

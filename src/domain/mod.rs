@@ -1,12 +1,15 @@
 //! The domain layer: the names that travel through Herald, each validated
-//! once where it enters, and the events built from them ([`event`]).
+//! once where it enters, the events built from them ([`event`]), and what
+//! identifies a stream and its token ([`stream`]).
 //!
 //! Once a value has one of these types it is known to be safe to write into an
 //! SSE field or a log line: no control characters, bounded length.
 
 mod event;
+mod stream;
 
-pub use event::{Audience, Outgoing, Published, Stamped};
+pub use event::{Audience, AudienceKey, Outgoing, Published, Stamped};
+pub use stream::{ClientId, RefreshError, TokenRefresh};
 
 use std::fmt;
 use std::str::FromStr;

@@ -5,11 +5,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::AppState;
 use crate::auth::{not_revoked, Identity};
-use crate::broadcaster::{
-    ClientId, ClientStream, Connect, ConnectError, ConnectionSocket, NewStream, Outbox,
-    Registration,
-};
-use crate::domain::{truncate_for_message, Channel};
+use crate::broadcaster::{ClientStream, ConnectError, ConnectionSocket, NewStream, Outbox};
+use crate::domain::{truncate_for_message, Channel, ClientId};
 use crate::error::ApiError;
 use crate::sse;
 
@@ -78,9 +75,14 @@ pub(super) async fn subscribe(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query_pairs(&req)?;
-    // A ticket, when given, is what the stream is opened with.
-    let identity = match query.iter().find(|(key, _)| key == "ticket") {
-        Some((_, ticket)) => not_revoked(&state.revocations, state.tickets.redeem(ticket).await?)?,
+    // A ticket, when given, is what the stream is opened with. It is
+    // looked at, not spent, until the request has passed every check.
+    let ticket = query
+        .iter()
+        .find(|(key, _)| key == "ticket")
+        .map(|(_, ticket)| ticket.as_str());
+    let identity = match ticket {
+        Some(ticket) => not_revoked(&state.revocations, state.tickets.peek(ticket).await?)?,
         None => token?,
     };
     let channels = allowed_channels(&query, &identity, state.config.max_channels_per_connection)?;
@@ -103,12 +105,17 @@ pub(super) async fn subscribe(
             }
         });
 
+    // Spent now, once: a second request racing with the same ticket fails here.
+    let spent = match ticket {
+        Some(ticket) => Some(state.tickets.redeem(ticket).await?),
+        None => None,
+    };
     let outbox = Outbox::new(state.config.client_buffer);
     let id = ClientId::random();
     // Created before the actor hears of the stream: if this request is
     // abandoned while waiting, dropping it unregisters the stream.
-    let registration = Registration::new(id, state.broadcaster.clone());
-    let connect = Connect(NewStream {
+    let registration = state.notifier.registration(id);
+    let connect = NewStream {
         id,
         user: identity.user.clone(),
         channels,
@@ -116,11 +123,12 @@ pub(super) async fn subscribe(
         valid_until: identity.valid_until,
         expires_at: identity.expires_at,
         token_id: identity.token_id.clone(),
+        issued_at: identity.issued_at,
         outbox: outbox.clone(),
-    });
+    };
     let preamble = sse::retry(state.config.sse_retry_ms);
-    match state.broadcaster.send(connect).await {
-        Ok(Ok(connected)) => {
+    match state.notifier.subscribe(connect).await {
+        Ok(connected) => {
             log::debug!(
                 "stream {} opened for {:?} (replayed {}, recovered {})",
                 id.0,
@@ -137,17 +145,22 @@ pub(super) async fn subscribe(
             );
             Ok(sse_response().streaming(body))
         }
-        Ok(Err(ConnectError::TooManyConnections(message))) => {
+        Err(ConnectError::TooManyConnections(message)) => {
+            if let Some(spent) = spent {
+                // Refused for the server's limits, not the ticket's fault.
+                state.tickets.give_back(spent).await;
+            }
             state
                 .metrics
                 .connections_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Err(ApiError::TooManyConnections(message))
         }
-        Ok(Err(ConnectError::Internal(cause))) => Err(ApiError::Internal(cause)),
+        Err(ConnectError::Revoked) => Err(ApiError::TokenRevoked),
+        Err(ConnectError::Internal(cause)) => Err(ApiError::Internal(cause)),
         // Shutting down: an error status would make a browser's EventSource
         // give up for good; an empty stream makes it retry, on a new connection.
-        Ok(Err(ConnectError::ShuttingDown)) | Err(_) => Ok(sse_response()
+        Err(ConnectError::ShuttingDown) => Ok(sse_response()
             .insert_header((header::CONNECTION, "close"))
             .body(preamble)),
     }

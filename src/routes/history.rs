@@ -8,11 +8,10 @@ use serde_json::value::RawValue;
 use super::events::{allowed_channels, query_pairs};
 use super::AppState;
 use crate::auth::Identity;
-use crate::broadcaster::{GetHistory, HistoryEntry};
+use crate::broadcaster::HistoryEntry;
 use crate::clock;
 use crate::domain::EventId;
 use crate::error::ApiError;
-use crate::sse::Parser;
 
 /// Events per page unless `limit` says otherwise.
 const DEFAULT_LIMIT: usize = 50;
@@ -65,18 +64,13 @@ fn paging(query: &[(String, String)]) -> Result<(usize, Option<EventId>), ApiErr
     Ok((limit, before))
 }
 
-/// Reads an event back out of the frame it was sent live as.
+/// A retained event as the list shows it: its stored name and data.
 fn listed(entry: HistoryEntry) -> Result<Listed, ApiError> {
-    let mut parser = Parser::new();
-    let frame = parser
-        .feed(&entry.frame)
-        .pop()
-        .ok_or_else(|| ApiError::Internal(format!("retained event {} has no frame", entry.id)))?;
-    let data = RawValue::from_string(frame.data)
+    let data = RawValue::from_string(entry.data)
         .map_err(|e| ApiError::Internal(format!("retained event {}: {e}", entry.id)))?;
     Ok(Listed {
         id: entry.id.to_string(),
-        event: frame.event,
+        event: entry.name,
         data,
         published_at: clock::rfc3339(entry.published_at),
     })
@@ -91,15 +85,9 @@ pub(super) async fn list(
     let channels = allowed_channels(&query, &identity, state.config.max_channels_per_connection)?;
     let (limit, before) = paging(&query)?;
     let page = state
-        .broadcaster
-        .send(GetHistory {
-            user: identity.user,
-            channels,
-            before,
-            limit,
-        })
-        .await
-        .map_err(|_| ApiError::Unavailable("the server is shutting down".into()))?;
+        .notifier
+        .history(identity.user, channels, before, limit)
+        .await?;
     let events = page
         .events
         .into_iter()

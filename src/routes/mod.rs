@@ -13,15 +13,14 @@ mod tickets;
 
 use std::sync::Arc;
 
-use actix::Addr;
 use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::backend::{BusError, EventBus};
-use crate::broadcaster::Broadcaster;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::eventlog::LogError;
 use crate::metrics::Metrics;
+use crate::notifier::Notifier;
 
 /// What every handler may use, registered once as app data.
 pub(crate) struct AppState {
@@ -30,20 +29,20 @@ pub(crate) struct AppState {
     pub tickets: crate::tickets::Tickets,
     /// Users and tokens cut off (also read by the token extractors).
     pub revocations: Arc<crate::revocations::Revocations>,
-    pub broadcaster: Addr<Broadcaster>,
-    pub bus: EventBus,
+    /// Publishing, streams, history: the event log and the Broadcaster.
+    pub notifier: Notifier,
     pub metrics: Arc<Metrics>,
 }
 
-impl From<BusError> for ApiError {
-    fn from(error: BusError) -> Self {
+impl From<LogError> for ApiError {
+    fn from(error: LogError) -> Self {
         match error {
-            BusError::Unreachable(why) => {
+            LogError::Unreachable(why) => {
                 log::warn!("event flow: {why}");
                 Self::Unavailable("the event store is unreachable; try again".into())
             }
-            BusError::Stopped => Self::Unavailable("the server is shutting down".into()),
-            BusError::NotWritten(why) => {
+            LogError::Stopped => Self::Unavailable("the server is shutting down".into()),
+            LogError::NotWritten(why) => {
                 log::error!("event store: {why}");
                 Self::Unavailable(
                     "the event store could not write the event (is its disk full?); \
@@ -51,7 +50,7 @@ impl From<BusError> for ApiError {
                         .into(),
                 )
             }
-            BusError::Encoding(why) => Self::Internal(why),
+            LogError::Encoding(why) => Self::Internal(why),
         }
     }
 }

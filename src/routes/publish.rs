@@ -181,7 +181,7 @@ pub(super) async fn send(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_json_body(&req, payload, state.config.max_body_bytes).await?;
     let (events, batch) = parse_body(&body, state.config.max_batch)?;
-    let mut published = state.bus.publish(events).await?;
+    let mut published = state.notifier.publish(events).await?;
     Ok(if batch {
         HttpResponse::Accepted().json(BatchAnswer { events: published })
     } else {

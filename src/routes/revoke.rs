@@ -54,10 +54,9 @@ pub(super) async fn revoke(
     let body = read_json_body(&req, payload, state.config.max_body_bytes).await?;
     let revocation = parse(&body)?;
     let at = clock::unix_now();
-    state.bus.revoke(revocation.clone(), at).await?;
-    // Refused here at once; other nodes learn it through the shared flow.
-    state.revocations.prune(at);
-    state.revocations.record(revocation.clone(), at);
+    // In force here before anything else happens; other nodes learn it
+    // through the shared flow.
+    state.notifier.revoke(revocation.clone(), at).await?;
     let until = at + state.revocations.ttl_secs();
     let answer = match revocation {
         Revocation::User(user) => json!({"user": user.as_str(), "at": at, "until": until}),

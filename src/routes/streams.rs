@@ -6,10 +6,9 @@ use actix_web::{web, HttpResponse};
 
 use super::AppState;
 use crate::auth::Identity;
-use crate::backend::RefreshFailure;
-use crate::broadcaster::{ClientId, Refresh, RefreshError};
-use crate::domain::truncate_for_message;
+use crate::domain::{truncate_for_message, ClientId, RefreshError, TokenRefresh};
 use crate::error::ApiError;
+use crate::eventlog::RefreshFailure;
 
 pub(super) async fn refresh_token(
     path: web::Path<String>,
@@ -18,14 +17,15 @@ pub(super) async fn refresh_token(
 ) -> Result<HttpResponse, ApiError> {
     // Not a stream id at all: as unknown as one that never existed.
     let id = uuid::Uuid::parse_str(&path.into_inner()).map_err(|_| ApiError::NotFound)?;
-    let refresh = Refresh {
+    let refresh = TokenRefresh {
         id: ClientId(id),
         user: identity.user,
         patterns: identity.channel_patterns,
         expires_at: identity.expires_at,
         valid_until: identity.valid_until,
+        token_id: identity.token_id,
     };
-    match state.bus.refresh(refresh).await {
+    match state.notifier.refresh(refresh).await {
         Ok(()) => Ok(HttpResponse::NoContent().finish()),
         Err(RefreshFailure::Refused(RefreshError::NotFound)) => Err(ApiError::NotFound),
         Err(RefreshFailure::Refused(RefreshError::ChannelNotAllowed(channel))) => {
@@ -34,6 +34,6 @@ pub(super) async fn refresh_token(
                 truncate_for_message(channel.as_str())
             )))
         }
-        Err(RefreshFailure::Bus(error)) => Err(error.into()),
+        Err(RefreshFailure::Log(error)) => Err(error.into()),
     }
 }

@@ -1,4 +1,4 @@
-//! The durable store of a single node: every retained event in an embedded
+//! The embedded log of a single node: every retained event in an embedded
 //! SQLite database under `DATA_DIR`, so a restart (or a crash) loses nothing
 //! that was answered `202`.
 //!
@@ -16,7 +16,11 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use tokio::sync::oneshot;
 
+use std::sync::Arc;
+
+use super::{Flow, FlowItem, LogError, Sequencer, Sink};
 use crate::domain::{Audience, Channel, EventId, EventName, Outgoing, Stamped, UserId};
+use crate::revocations::Revocation;
 
 /// The database file's name inside `DATA_DIR`.
 const FILE_NAME: &str = "herald.db";
@@ -365,23 +369,28 @@ impl Store {
 
 /// What the writer thread is asked to do.
 enum Command {
-    /// Write these events; answer once they are on disk (or not).
+    /// Write these events, or record this revocation (made at the given
+    /// Unix second); answer once it is on disk (or not).
     Append {
-        events: Vec<Stamped>,
+        entry: Entry,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Delete these events with the next transaction.
     Delete(Vec<EventId>),
-    /// Record a revocation (key, when); answer once it is on disk.
-    Revoke {
-        revocation: (String, u64),
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
 }
 
-/// Events the writer has put on disk, in id order, for the Broadcaster to
-/// deliver.
-pub(crate) type OnCommitted = Box<dyn Fn(Vec<Stamped>) + Send>;
+/// One append, events or a revocation.
+enum Entry {
+    Events(Vec<Stamped>),
+    Revoke(Revocation, u64),
+}
+
+/// What the writer has put on disk, in log order, for the Broadcaster to
+/// deliver and carry out.
+pub(crate) type OnCommitted = Box<dyn Fn(Vec<FlowItem>) + Send>;
+
+/// Where the writer answers an append.
+type Reply = oneshot::Sender<Result<(), StoreError>>;
 
 /// The handle to the writer thread. The thread ends when every handle is gone.
 #[derive(Clone)]
@@ -430,17 +439,13 @@ impl Writer {
                         }
                         continue;
                     };
-                    let mut appends = Vec::new();
-                    let mut revocations = Vec::new();
+                    let mut appends: Vec<(Entry, Reply)> = Vec::new();
                     let mut next = Some(first);
                     // Whatever queued up during the last sync shares this one.
                     while let Some(command) = next.take() {
                         match command {
-                            Command::Append { events, reply } => appends.push((events, reply)),
+                            Command::Append { entry, reply } => appends.push((entry, reply)),
                             Command::Delete(ids) => evicted.extend(ids),
-                            Command::Revoke { revocation, reply } => {
-                                revocations.push((revocation, reply));
-                            }
                         }
                         if appends.len() < MAX_GROUP {
                             next = inbox.try_recv().ok();
@@ -451,31 +456,43 @@ impl Writer {
                     }
                     let deletes_due = evicted.len() >= DELETE_BATCH
                         || waiting_since.is_some_and(|since| since.elapsed() >= DELETE_DELAY);
-                    if appends.is_empty() && revocations.is_empty() && !deletes_due {
+                    if appends.is_empty() && !deletes_due {
                         continue;
                     }
-                    let events: Vec<&Stamped> =
-                        appends.iter().flat_map(|(events, _)| events).collect();
-                    let revoked: Vec<(String, u64)> =
-                        revocations.iter().map(|(r, _)| r.clone()).collect();
+                    let mut events: Vec<&Stamped> = Vec::new();
+                    let mut revoked: Vec<(String, u64)> = Vec::new();
+                    for (entry, _) in &appends {
+                        match entry {
+                            Entry::Events(group) => events.extend(group),
+                            Entry::Revoke(revocation, at) => revoked.push((revocation.key(), *at)),
+                        }
+                    }
                     match store.commit(&events, &revoked, &evicted) {
                         Ok(()) => {
                             evicted.clear();
                             waiting_since = None;
-                            let (groups, replies): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
-                            on_committed(groups.into_iter().flatten().collect());
-                            for reply in replies
-                                .into_iter()
-                                .chain(revocations.into_iter().map(|(_, reply)| reply))
-                            {
+                            let mut items = Vec::with_capacity(events.len() + revoked.len());
+                            let mut replies = Vec::with_capacity(appends.len());
+                            for (entry, reply) in appends {
+                                match entry {
+                                    Entry::Events(group) => {
+                                        items.extend(group.into_iter().map(FlowItem::Event))
+                                    }
+                                    Entry::Revoke(revocation, _) => {
+                                        items.push(FlowItem::Revoke(revocation))
+                                    }
+                                }
+                                replies.push(reply);
+                            }
+                            on_committed(items);
+                            for reply in replies {
                                 // A publisher that went away needs no answer.
                                 let _ = reply.send(Ok(()));
                             }
                         }
                         Err(error) => {
                             log::error!("store: {error}");
-                            let replies = appends.into_iter().map(|(_, reply)| reply);
-                            for reply in replies.chain(revocations.into_iter().map(|(_, r)| r)) {
+                            for (_, reply) in appends {
                                 let _ = reply.send(Err(error.clone()));
                             }
                         }
@@ -485,25 +502,10 @@ impl Writer {
         Ok(Self { commands })
     }
 
-    /// Queues events to write; the answer comes through `reply`.
-    pub(crate) fn append(
-        &self,
-        events: Vec<Stamped>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    ) -> Result<(), StoreError> {
+    /// Queues an entry to write; the answer comes through `reply`.
+    fn append(&self, entry: Entry, reply: Reply) -> Result<(), StoreError> {
         self.commands
-            .send(Command::Append { events, reply })
-            .map_err(|_| StoreError::Stopped)
-    }
-
-    /// Queues a revocation to record; the answer comes through `reply`.
-    pub(crate) fn revoke(
-        &self,
-        revocation: (String, u64),
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    ) -> Result<(), StoreError> {
-        self.commands
-            .send(Command::Revoke { revocation, reply })
+            .send(Command::Append { entry, reply })
             .map_err(|_| StoreError::Stopped)
     }
 
@@ -513,6 +515,75 @@ impl Writer {
             // Fails only when the thread is gone, and then so is the server.
             let _ = self.commands.send(Command::Delete(ids));
         }
+    }
+}
+
+/// The embedded store as the node's event log: ids from this process's own
+/// sequence, each append written by the writer thread (shared commits), and
+/// handed to the sink once it is on disk, before its publisher is answered.
+pub(crate) struct SqliteLog {
+    sequencer: Arc<Sequencer>,
+    writer: Writer,
+}
+
+impl SqliteLog {
+    /// Moves `store` to its writer thread; what it commits goes to `sink`.
+    pub(crate) fn start(
+        store: Store,
+        sequencer: Arc<Sequencer>,
+        sink: Sink,
+    ) -> std::io::Result<Self> {
+        let writer = Writer::spawn(
+            store,
+            Box::new(move |items| {
+                // A stopped sink means the server is stopping: nobody is left
+                // to deliver to, and what was written is kept for the next start.
+                let _ = sink(Flow::Items {
+                    items,
+                    position: None,
+                });
+            }),
+        )?;
+        Ok(Self { sequencer, writer })
+    }
+
+    pub(crate) async fn append(&self, events: Vec<Outgoing>) -> Result<Vec<EventId>, LogError> {
+        let (reply, answer) = oneshot::channel();
+        let ids = self.sequencer.stamp(events, |stamped| {
+            let ids: Vec<EventId> = stamped.iter().map(|event| event.id).collect();
+            self.writer
+                .append(Entry::Events(stamped), reply)
+                .map(|()| ids)
+        })?;
+        Self::stored(answer).await?;
+        Ok(ids)
+    }
+
+    /// Records the revocation on disk; its streams end once it is there,
+    /// after every event appended before it.
+    pub(crate) async fn revoke(&self, revocation: Revocation, at: u64) -> Result<(), LogError> {
+        let (reply, answer) = oneshot::channel();
+        self.sequencer
+            .in_order(|| self.writer.append(Entry::Revoke(revocation, at), reply))?;
+        Self::stored(answer).await
+    }
+
+    async fn stored(answer: oneshot::Receiver<Result<(), StoreError>>) -> Result<(), LogError> {
+        match answer.await {
+            Ok(result) => result.map_err(LogError::from),
+            // The writer dropped the question: the server is stopping.
+            Err(_) => Err(LogError::Stopped),
+        }
+    }
+
+    /// A handle that deletes what retention drops, for the Broadcaster.
+    pub(crate) fn evictor(&self) -> impl Fn(Vec<EventId>) + Send + 'static {
+        let writer = self.writer.clone();
+        move |ids| writer.delete(ids)
+    }
+
+    pub(crate) fn healthy(&self) -> Result<(), LogError> {
+        Ok(())
     }
 }
 

@@ -1,0 +1,108 @@
+//! The `Directory`: which streams each user and each channel has, readable
+//! from any thread.
+//!
+//! The Hub is its only writer (a stream registers or goes); everything else
+//! only reads it: the fan-out, the count of recipients a publish answers
+//! with, and `/api/stats` and `/metrics`. So a publish and a scrape never
+//! wait for the Broadcaster's mailbox, whatever it is busy with; they take a
+//! read lock that only a registration ever holds exclusively, for the time
+//! of a few map updates.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::domain::{Audience, Channel, ClientId, UserId};
+use crate::metrics::Snapshot;
+
+/// The maps the fan-out walks.
+#[derive(Default)]
+pub(crate) struct Index {
+    /// The streams of each user; a user is removed with its last stream.
+    pub users: HashMap<UserId, Vec<ClientId>>,
+    /// The subscribers of each channel; a channel is removed with its last subscriber.
+    pub channels: HashMap<Channel, HashSet<ClientId>>,
+}
+
+/// The index, and gauges that are read without any lock.
+#[derive(Default)]
+pub(crate) struct Directory {
+    index: RwLock<Index>,
+    /// Open streams (the Hub's count, copied on every change).
+    connections: AtomicUsize,
+    /// Events retention keeps, and the bytes charged for them (copied by the
+    /// Hub after every change to retention).
+    history_len: AtomicUsize,
+    history_bytes: AtomicUsize,
+}
+
+impl Directory {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Index> {
+        // The Hub never panics while holding it; a poisoned lock would still
+        // hold consistent maps.
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_connections(&self, connections: usize) {
+        self.connections.store(connections, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_history(&self, len: usize, bytes: usize) {
+        self.history_len.store(len, Ordering::Relaxed);
+        self.history_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// How many streams `audience` reaches now, each once however many ways
+    /// it matches.
+    pub(crate) fn count(&self, audience: &Audience) -> usize {
+        let Audience::Targets { users, channels } = audience else {
+            return self.connections.load(Ordering::Relaxed);
+        };
+        let index = self.read();
+        match (&users[..], &channels[..]) {
+            ([user], []) => index.users.get(user).map_or(0, Vec::len),
+            ([], [channel]) => index.channels.get(channel).map_or(0, HashSet::len),
+            _ => {
+                let mut union: HashSet<ClientId> = HashSet::new();
+                for user in users.iter() {
+                    union.extend(index.users.get(user).into_iter().flatten());
+                }
+                for channel in channels.iter() {
+                    union.extend(index.channels.get(channel).into_iter().flatten());
+                }
+                union.len()
+            }
+        }
+    }
+
+    /// The counts of what is open now. `channels` lists at most
+    /// `max_channels` channels, those with the most subscribers; `None`
+    /// lists every one.
+    pub(crate) fn snapshot(&self, max_channels: Option<usize>) -> Snapshot {
+        let index = self.read();
+        let mut busiest: Vec<(&Channel, usize)> = index
+            .channels
+            .iter()
+            .map(|(channel, subscribers)| (channel, subscribers.len()))
+            .collect();
+        if let Some(max) = max_channels.filter(|max| *max < busiest.len()) {
+            busiest.select_nth_unstable_by(max, |a, b| b.1.cmp(&a.1));
+            busiest.truncate(max);
+        }
+        Snapshot {
+            connections: self.connections.load(Ordering::Relaxed),
+            users: index.users.len(),
+            channel_count: index.channels.len(),
+            channels: busiest
+                .into_iter()
+                .map(|(channel, count)| (channel.to_string(), count))
+                .collect(),
+            history_len: self.history_len.load(Ordering::Relaxed),
+            history_bytes: self.history_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
