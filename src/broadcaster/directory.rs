@@ -106,3 +106,41 @@ impl Directory {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_count_is_a_union_and_a_snapshot_lists_the_busiest_channels() {
+        let directory = Directory::default();
+        let (a, b, c) = (ClientId::random(), ClientId::random(), ClientId::random());
+        let alice = UserId::parse("alice").unwrap();
+        let news = Channel::parse("news").unwrap();
+        let quiet = Channel::parse("quiet").unwrap();
+        {
+            let mut index = directory.write();
+            index.users.insert(alice.clone(), vec![a, b]);
+            index.channels.insert(news.clone(), [a, c].into());
+            index.channels.insert(quiet.clone(), [c].into());
+        }
+        directory.set_connections(3);
+        let to = |users: Vec<UserId>, channels: Vec<Channel>| Audience::Targets {
+            users: users.into(),
+            channels: channels.into(),
+        };
+        assert_eq!(directory.count(&Audience::Everyone), 3);
+        assert_eq!(directory.count(&to(vec![alice.clone()], vec![])), 2);
+        assert_eq!(directory.count(&to(vec![], vec![news.clone()])), 2);
+        assert_eq!(
+            directory.count(&to(vec![alice], vec![news, quiet])),
+            3,
+            "a matches twice, counted once"
+        );
+        let snapshot = directory.snapshot(Some(1));
+        assert_eq!(snapshot.channel_count, 2);
+        assert_eq!(snapshot.channels.len(), 1);
+        assert_eq!(snapshot.channels.get("news"), Some(&2));
+        assert_eq!(directory.snapshot(None).channels.len(), 2);
+    }
+}

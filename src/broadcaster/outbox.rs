@@ -58,7 +58,9 @@ pub enum Push {
 /// (and with it the socket), so whenever an outbox holds a descriptor, that
 /// descriptor is still this connection's and has not been reused by the
 /// kernel for another file. The only thing ever done with it is `shutdown()`,
-/// which does not close it.
+/// which does not close it. That drop order is actix-http's, not a promise
+/// of its API: debug builds check it on every stream's end (see
+/// `ClientStream`'s `Drop`), so the test suite catches a change.
 ///
 /// Why only HTTP/1.1: there a connection carries one response at a time, so
 /// shutting its socket down ends exactly the stream that fell behind. An
@@ -320,6 +322,16 @@ impl Stream for ClientStream {
 impl Drop for ClientStream {
     fn drop(&mut self) {
         let mut state = self.outbox.lock();
+        // The guard on `ConnectionSocket`'s argument: actix must drop this
+        // body while the connection's socket is still open. Every test that
+        // ends a stream (the whole API suite, in debug builds) checks it, so
+        // a change of drop order inside actix-http fails the tests.
+        #[cfg(debug_assertions)]
+        if let Some(ConnectionSocket(socket)) = state.socket {
+            // SAFETY: F_GETFD only reads the descriptor's flags.
+            let open = unsafe { libc::fcntl(socket, libc::F_GETFD) } != -1;
+            debug_assert!(open, "a stream's body outlived its connection's socket");
+        }
         state.socket = None;
         state.ending.get_or_insert(Ending::Finish);
         state.queue = VecDeque::new();

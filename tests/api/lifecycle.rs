@@ -342,3 +342,104 @@ async fn with_redis_a_refresh_reaches_the_node_that_holds_the_stream() {
     assert_eq!(frame.event, "still-here");
     assert_eq!(frame.id.as_deref(), sent["id"].as_str());
 }
+
+#[actix_web::test]
+async fn after_a_refresh_a_stream_answers_to_the_token_it_holds_now() {
+    for storage in ["memory", "disk"] {
+        let server = spawn(&[("STORAGE", storage)]).await;
+        let first = issued_now("alice", Some("first-a"));
+        let (mut stream, connected) = server.subscribe(&first, "").await;
+        let client_id = connected["client_id"].as_str().unwrap().to_owned();
+        let second = issued_now("alice", Some("second-b"));
+        assert_eq!(refresh(&server, &client_id, &second).await.status, 204);
+
+        // The token it was opened with is no longer the one it holds.
+        assert_eq!(revoke(&server, json!({"jti": "first-a"})).await.status, 202);
+        server
+            .send(json!({"user": "alice", "event": "still-open"}))
+            .await;
+        assert_eq!(stream.next().await.event, "still-open", "{storage}");
+
+        assert_eq!(
+            revoke(&server, json!({"jti": "second-b"})).await.status,
+            202
+        );
+        let names: Vec<String> = stream
+            .until_end()
+            .await
+            .into_iter()
+            .map(|f| f.event)
+            .collect();
+        assert_eq!(names, ["revoked"], "{storage}");
+    }
+}
+
+#[actix_web::test]
+async fn no_stream_opened_while_a_revocation_is_made_outlives_it() {
+    for storage in ["memory", "disk"] {
+        let server = spawn(&[("STORAGE", storage), ("MAX_CONNECTIONS_PER_USER", "100")]).await;
+        let leaked = issued_now("mallory", Some("leaked"));
+        // Reconnects racing the revocation: each either is refused or ends.
+        let racing: Vec<_> = (0..30)
+            .map(|_| {
+                let request = server
+                    .client()
+                    .get(server.url("/api/events"))
+                    .bearer_auth(&leaked);
+                actix_web::rt::spawn(async move { Sse::open(request).await })
+            })
+            .collect();
+        let answer = revoke(&server, json!({"jti": "leaked"})).await;
+        assert_eq!(answer.status, 202, "{answer}");
+        for stream in racing {
+            let mut stream = stream.await.unwrap();
+            if stream.status == 200 {
+                let names: Vec<String> = stream
+                    .until_end()
+                    .await
+                    .into_iter()
+                    .map(|f| f.event)
+                    .collect();
+                assert_eq!(
+                    names.last().map(String::as_str),
+                    Some("revoked"),
+                    "{storage}: {names:?}"
+                );
+            } else {
+                assert_eq!(stream.status, 401, "{storage}");
+            }
+        }
+        // And once answered, none opens at all.
+        let after = server.get_events(&leaked, "").await;
+        assert_eq!(after.json()["error"], "token_revoked", "{storage}");
+    }
+}
+
+#[actix_web::test]
+async fn a_ticket_refused_for_the_request_or_the_limits_is_not_spent() {
+    let server = spawn(&[("MAX_CONNECTIONS_PER_USER", "1")]).await;
+    let token = user_token("alice", &["news"]);
+    let bought = buy_ticket(&server, &token).await;
+    let ticket = bought.json()["ticket"].as_str().unwrap().to_owned();
+
+    let forbidden = open_with_ticket(&server, &ticket, "channel=secret").await;
+    assert_eq!(forbidden.status, 403);
+    let malformed = open_with_ticket(&server, &ticket, "channel=no%20spaces").await;
+    assert_eq!(malformed.status, 400);
+
+    // Alice's one stream is open: the ticket's stream is refused, not spent.
+    let (held, _) = server.subscribe(&token, "").await;
+    let over = open_with_ticket(&server, &ticket, "channel=news").await;
+    assert_eq!(over.status, 429);
+    drop(held);
+    server.wait_for_connections(0).await;
+
+    let mut opened = open_with_ticket(&server, &ticket, "channel=news").await;
+    assert_eq!(
+        opened.status, 200,
+        "the ticket was kept through three refusals"
+    );
+    assert_eq!(opened.next().await.event, "connected");
+    let again = open_with_ticket(&server, &ticket, "channel=news").await;
+    assert_eq!(again.status, 401, "and is spent once");
+}
