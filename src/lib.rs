@@ -4,41 +4,46 @@
 //!
 //! - [`config`]: every setting, its environment variable and default.
 //! - [`clock`]: the wall clock, read in one place.
-//! - [`domain`]: validated names (users, channels, event names, ids) and the
-//!   events built from them (`Outgoing`, `Stamped`, `Audience`, `Published`).
+//! - [`domain`]: validated names (users, channels, event names, ids), the
+//!   events built from them (`Outgoing`, `Stamped`, `Audience`,
+//!   `AudienceKey`, `Published`) and what identifies a stream and its token
+//!   (`ClientId`, `TokenRefresh`).
 //! - [`sse`]: the wire format (encoder, and a parser for clients).
 //! - [`auth`]: where tokens are read, how they are validated, the extractors.
 //! - [`jwks`]: an identity provider's keys, fetched and cached by `kid`.
 //! - [`error`]: the one JSON error shape.
+//! - [`eventlog`]: where events live, behind one boundary (`EventLog`: in
+//!   memory, the embedded SQLite store, or Redis): ids, appends, revocation
+//!   records, evictions, and the flow each one hands on in order.
 //! - [`broadcaster`]: the actor and its plain `Hub`, which owns every stream,
-//!   the maps, history and expiries; the actor adds messages and timers.
-//! - [`backend`]: the event flow publishing goes through (in memory, or
-//!   Redis), with its own error type.
+//!   the `Directory` of users and channels, the retained history and the
+//!   expiries; the actor adds messages and timers, on a thread of its own.
+//! - [`notifier`]: the one facade routes talk to, joining the log and the
+//!   Broadcaster.
 //! - [`routes`]: the HTTP endpoints.
 //! - [`metrics`]: counters, `/api/stats` and `/metrics`.
-//! - [`store`]: the durable store of a single node (SQLite under `DATA_DIR`)
-//!   and its writer thread, which commits concurrent publishes together.
 //! - [`revocations`]: revoked users and tokens, checked on every request.
 //! - [`tickets`]: single-use stream tickets, so no token need be in a URL.
 //! - [`tls`]: the HTTPS certificate and key, and their reload on `SIGHUP`.
-//! - [`startup`]: `Application`: bind (HTTP, or HTTPS with HTTP/2), start,
-//!   serve, stop.
+//! - [`startup`]: `Application`: bind (HTTP, or HTTPS with HTTP/2), build
+//!   the log, start the Broadcaster, serve, stop.
 //!
 //! # The path of an event
 //!
 //! `POST /api/send` is authenticated by the `auth::Admin` extractor; the
 //! handler validates the body into `domain::Outgoing` events and hands them
-//! to the `backend::EventBus`. In memory, that is one `Publish` message to the
-//! `broadcaster::Broadcaster` actor, whose `Hub` gives each event its id and
-//! answers; right after, the Hub encodes the event's SSE frame once and pushes
-//! the same shared bytes into the bounded `Outbox` of every matching stream
-//! (a union, once each), then keeps the frame in history for resume. With
-//! Redis, the bus appends the event to a Redis stream instead, and every
-//! node's reader hands it to its own Broadcaster as a `Deliver`. Each
-//! stream's response body (`ClientStream`) is woken, takes everything queued
-//! in one chunk, and actix writes it to the socket; the browser's
-//! `EventSource` fires the named event. `docs/architecture.md` tells the
-//! same path at length.
+//! to `notifier::Notifier::publish`, which counts their recipients from the
+//! Broadcaster's `Directory` and appends them to the `eventlog::EventLog`.
+//! The log gives them their ids (this node's sequence, or Redis's) and
+//! hands them, in order, to the `broadcaster::Broadcaster` as `Deliver`: at
+//! once in memory, after the commit with the embedded store, and through
+//! every node's reader with Redis. The Hub encodes each event's SSE frame
+//! once and pushes the same shared bytes into the bounded `Outbox` of every
+//! matching stream (a union, once each), then keeps it in history for
+//! resume. Each stream's response body (`ClientStream`) is woken, takes
+//! everything queued in one chunk, and actix writes it to the socket; the
+//! browser's `EventSource` fires the named event. `docs/architecture.md`
+//! tells the same path at length.
 
 mod auth;
 mod broadcaster;
