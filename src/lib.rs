@@ -7,7 +7,11 @@
 //! - [`domain`]: validated names (users, channels, event names, ids) and the
 //!   events built from them (`Outgoing`, `Stamped`, `Audience`, `Published`).
 //! - [`sse`]: the wire format (encoder, and a parser for clients).
-//! - [`auth`]: where tokens are read, how they are validated, the extractors.
+//! - [`auth`]: tokens. `auth/keys.rs`: the keys that check and sign them
+//!   (a secret, a PEM public key, an identity provider's key set) and their
+//!   algorithm; `auth/verify.rs`: the `Verifier` (claims, the `Identity` a
+//!   token gives, minting); `auth/extract.rs`: where a request's token is
+//!   read, the `Origin` rule for writes, and the extractors.
 //! - [`jwks`]: an identity provider's keys, fetched and cached by `kid`.
 //! - [`error`]: the one JSON error shape.
 //! - [`broadcaster`]: the actor and its plain `Hub`, which owns every stream,
@@ -26,7 +30,8 @@
 //!
 //! # The path of an event
 //!
-//! `POST /api/send` is authenticated by the `auth::Admin` extractor; the
+//! `POST /api/send` is authenticated by the `auth::Admin` extractor
+//! (`auth/extract.rs`, checking the token with `auth/verify.rs`); the
 //! handler validates the body into `domain::Outgoing` events and hands them
 //! to the `backend::EventBus`. In memory, that is one `Publish` message to the
 //! `broadcaster::Broadcaster` actor, whose `Hub` gives each event its id and
