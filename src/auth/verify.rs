@@ -20,6 +20,11 @@ use crate::jwks::Jwks;
 /// The role that may publish and read stats.
 pub const ADMIN_ROLE: &str = "admin";
 
+/// The latest `exp` a minted token may have: 2^53 - 1 seconds since the
+/// Unix epoch, the largest whole number a JSON number (an IEEE double, as
+/// `exp` is read here and by JavaScript) holds exactly.
+const MAX_EXP: u64 = (1 << 53) - 1;
+
 /// Most admin tokens whose verification is remembered at once.
 const ADMIN_CACHE_SIZE: usize = 1024;
 
@@ -238,7 +243,8 @@ impl Verifier {
         self.keys.jwks()
     }
 
-    /// Signs a token for `sub`, valid for `ttl_secs`.
+    /// Signs a token for `sub`, valid for `ttl_secs`. A TTL that would put
+    /// `exp` past [`MAX_EXP`] is refused.
     pub fn mint(
         &self,
         sub: &str,
@@ -255,9 +261,20 @@ impl Verifier {
             ChannelPattern::parse(pattern)?;
         }
         let now = unix_now();
+        let exp = now
+            .checked_add(ttl_secs)
+            .filter(|exp| *exp <= MAX_EXP)
+            .ok_or_else(|| {
+                format!(
+                    "the ttl of {ttl_secs} seconds is too large: a token's exp (now plus \
+                     the ttl) must be at most {MAX_EXP} seconds since the Unix epoch, so the \
+                     ttl at most {}",
+                    MAX_EXP.saturating_sub(now)
+                )
+            })?;
         let claims = Claims {
             sub: sub.to_owned(),
-            exp: (now + ttl_secs) as f64,
+            exp: exp as f64,
             nbf: None,
             iat: Some(now),
             jti: None,
@@ -374,5 +391,29 @@ mod tests {
         let mut tampered = admin.clone();
         tampered.pop();
         assert!(verifier.verify(&tampered, TokenSource::Header).is_err());
+    }
+
+    #[test]
+    fn a_ttl_whose_exp_would_not_fit_is_refused_and_one_that_just_fits_reads_back_exactly() {
+        let verifier = verifier_with_leeway(0);
+        for ttl in [
+            u64::MAX,
+            u64::MAX - unix_now() + 1,
+            MAX_EXP - unix_now() + 1,
+        ] {
+            let refused = verifier.mint("alice", false, &[], ttl);
+            let message = refused.expect_err("an exp past MAX_EXP");
+            assert!(message.contains("too large"), "{message}");
+        }
+
+        let ttl = MAX_EXP - unix_now() - 5;
+        let before = unix_now();
+        let token = verifier.mint("alice", false, &[], ttl).expect("fits");
+        let identity = verifier.verify(&token, TokenSource::Header).unwrap();
+        assert!(
+            (before + ttl..=unix_now() + ttl).contains(&identity.expires_at),
+            "exp reads back exactly: {} for a ttl of {ttl}",
+            identity.expires_at
+        );
     }
 }

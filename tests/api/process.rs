@@ -72,6 +72,25 @@ fn the_token_command_mints_a_token_the_server_accepts() {
     assert!(String::from_utf8_lossy(&without_secret.stderr).contains("JWT_SECRET"));
 }
 
+#[test]
+fn the_token_command_refuses_a_ttl_too_large_for_exp_with_a_message_and_no_panic() {
+    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["token", "--sub", "alice", "--ttl", &u64::MAX.to_string()])
+        .env_clear()
+        .env("JWT_SECRET", SECRET)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "a plain failure; {stderr}");
+    assert!(output.stdout.is_empty(), "no token is printed");
+    assert!(
+        stderr.contains("ttl") && stderr.contains("too large"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[actix_web::test]
 async fn without_a_secret_the_server_starts_and_logs_a_working_admin_token() {
     let herald = Herald::start(&[]);
