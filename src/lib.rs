@@ -9,7 +9,11 @@
 //!   `AudienceKey`, `Published`) and what identifies a stream and its token
 //!   (`ClientId`, `TokenRefresh`).
 //! - [`sse`]: the wire format (encoder, and a parser for clients).
-//! - [`auth`]: where tokens are read, how they are validated, the extractors.
+//! - [`auth`]: tokens. `auth/keys.rs`: the keys that check and sign them
+//!   (a secret, a PEM public key, an identity provider's key set) and their
+//!   algorithm; `auth/verify.rs`: the `Verifier` (claims, the `Identity` a
+//!   token gives, minting); `auth/extract.rs`: where a request's token is
+//!   read, the `Origin` rule for writes, and the extractors.
 //! - [`jwks`]: an identity provider's keys, fetched and cached by `kid`.
 //! - [`error`]: the one JSON error shape.
 //! - [`eventlog`]: where events live, behind one boundary (`EventLog`: in
@@ -30,7 +34,8 @@
 //!
 //! # The path of an event
 //!
-//! `POST /api/send` is authenticated by the `auth::Admin` extractor; the
+//! `POST /api/send` is authenticated by the `auth::Admin` extractor
+//! (`auth/extract.rs`, checking the token with `auth/verify.rs`); the
 //! handler validates the body into `domain::Outgoing` events and hands them
 //! to `notifier::Notifier::publish`, which counts their recipients from the
 //! Broadcaster's `Directory` and appends them to the `eventlog::EventLog`.

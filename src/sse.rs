@@ -179,7 +179,53 @@ mod tests {
             b"event: connected\ndata: {}\n\n"
         );
         assert_eq!(&retry(5000)[..], b"retry: 5000\n\n");
-        assert_eq!(HEARTBEAT, b":\n\n");
+    }
+
+    #[test]
+    fn a_heartbeat_is_one_comment_that_leaves_the_events_around_it_intact() {
+        let before = event(Some("7-1"), "before", "one");
+        let after = event(None, "after", "two\nlines");
+        let mut parser = Parser::new();
+        assert_eq!(parser.feed(&before).len(), 1);
+
+        // Fed on its own, between two events: a complete comment, so nothing
+        // of it waits in the buffer to glue onto the next event's first line.
+        assert_eq!(parser.feed(HEARTBEAT), Vec::<Frame>::new());
+        assert_eq!(parser.comments, 1);
+        assert!(parser.buffer.is_empty(), "the heartbeat ends its line");
+
+        assert_eq!(
+            parser.feed(&after),
+            vec![Frame {
+                id: Some("7-1".into()),
+                event: "after".into(),
+                data: "two\nlines".into()
+            }]
+        );
+        assert_eq!(parser.comments, 1, "the heartbeat, once");
+
+        // And in one buffer with both events, as a proxy may coalesce them.
+        let mut wire = before.to_vec();
+        wire.extend_from_slice(HEARTBEAT);
+        wire.extend_from_slice(&after);
+        let mut parser = Parser::new();
+        assert_eq!(
+            parser.feed(&wire),
+            vec![
+                Frame {
+                    id: Some("7-1".into()),
+                    event: "before".into(),
+                    data: "one".into()
+                },
+                Frame {
+                    id: Some("7-1".into()),
+                    event: "after".into(),
+                    data: "two\nlines".into()
+                },
+            ]
+        );
+        assert_eq!(parser.comments, 1);
+        assert_eq!(parser.last_event_id(), Some("7-1"));
     }
 
     #[test]

@@ -163,27 +163,146 @@ mod tests {
     use super::*;
 
     /// The reference cannot drift: every route has a heading in `docs/api.md`
-    /// naming its method and path, as in ``## `GET /api/events` ``.
+    /// naming its method and path, as in ``## `GET /api/events` ``, and an
+    /// entry in the Contents list whose link leads to that heading; the
+    /// Contents list names no route that is not served.
     #[test]
     fn every_route_is_documented_in_the_api_reference() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md");
         let reference = std::fs::read_to_string(path).expect("docs/api.md exists");
-        let mut in_code = false;
-        let headings: Vec<&str> = reference
-            .lines()
-            .filter(|line| {
-                in_code ^= line.starts_with("```");
-                !in_code && line.starts_with('#')
-            })
-            .collect();
-        let undocumented: Vec<String> = endpoints()
+        let headings = headings(&reference);
+        let routes: Vec<String> = endpoints()
             .iter()
             .map(|endpoint| format!("`{} {}`", endpoint.method, endpoint.path))
-            .filter(|route| !headings.iter().any(|heading| heading.contains(route)))
+            .collect();
+        let heading_of = |route: &String| {
+            headings
+                .iter()
+                .find(|(text, _)| text.starts_with(route.as_str()))
+        };
+
+        let undocumented: Vec<&String> = routes
+            .iter()
+            .filter(|route| heading_of(route).is_none())
             .collect();
         assert!(
             undocumented.is_empty(),
             "docs/api.md has no heading for {undocumented:?}"
         );
+
+        let contents = contents_endpoints(&reference);
+        assert!(
+            !contents.is_empty(),
+            "docs/api.md has a Contents list with an `- Endpoints:` entry"
+        );
+        let broken: Vec<&(String, String)> = contents
+            .iter()
+            .filter(|(_, anchor)| !headings.iter().any(|(_, id)| id == anchor))
+            .collect();
+        assert!(
+            broken.is_empty(),
+            "Contents links that lead to no heading in docs/api.md: {broken:?}"
+        );
+        let missing: Vec<&String> = routes
+            .iter()
+            .filter(|route| {
+                let anchor = heading_of(route).map(|(_, id)| id);
+                !contents
+                    .iter()
+                    .any(|(label, link)| label == *route && Some(link) == anchor)
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "routes the Contents list of docs/api.md lacks, or links to another \
+             heading than the route's own: {missing:?}"
+        );
+        let stale: Vec<&String> = contents
+            .iter()
+            .map(|(label, _)| label)
+            .filter(|label| !routes.contains(label))
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "the Contents list of docs/api.md names routes Herald does not serve: {stale:?}"
+        );
+    }
+
+    /// Every heading outside code blocks, its text (after the `#`s) and the
+    /// anchor GitHub gives it.
+    fn headings(markdown: &str) -> Vec<(String, String)> {
+        let mut in_code = false;
+        let mut seen: Vec<String> = Vec::new();
+        let mut headings = Vec::new();
+        for line in markdown.lines() {
+            in_code ^= line.starts_with("```");
+            if in_code || !line.starts_with('#') {
+                continue;
+            }
+            let text = line.trim_start_matches('#').trim().to_owned();
+            let base = anchor(&text);
+            // GitHub numbers repeated headings: `x`, `x-1`, `x-2`…
+            let repeats = seen.iter().filter(|earlier| **earlier == base).count();
+            seen.push(base.clone());
+            let id = match repeats {
+                0 => base,
+                n => format!("{base}-{n}"),
+            };
+            headings.push((text, id));
+        }
+        headings
+    }
+
+    /// The anchor GitHub makes of a heading: lower case, every character but
+    /// letters, digits, spaces, `-` and `_` dropped, spaces made `-`.
+    fn anchor(heading: &str) -> String {
+        heading
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect()
+    }
+
+    /// The `[label](#anchor)` links of the `- Endpoints:` entry of the
+    /// Contents list (the entry runs on over its indented lines).
+    fn contents_endpoints(markdown: &str) -> Vec<(String, String)> {
+        let mut lines = markdown
+            .lines()
+            .skip_while(|line| line.trim() != "**Contents**")
+            .skip_while(|line| !line.starts_with("- Endpoints:"));
+        let Some(first) = lines.next() else {
+            return Vec::new();
+        };
+        let mut entry = first.to_owned();
+        for line in lines.take_while(|line| line.starts_with(' ')) {
+            entry.push_str(line);
+        }
+        let mut links = Vec::new();
+        let mut rest = entry.as_str();
+        while let Some(open) = rest.find('[') {
+            let Some((label, after)) = rest[open + 1..].split_once("](#") else {
+                break;
+            };
+            let Some((target, after)) = after.split_once(')') else {
+                break;
+            };
+            links.push((label.to_owned(), target.to_owned()));
+            rest = after;
+        }
+        links
+    }
+
+    #[test]
+    fn anchors_are_made_as_github_makes_them() {
+        assert_eq!(
+            anchor("`POST /api/streams/{client_id}/token` — give a stream a fresh token"),
+            "post-apistreamsclient_idtoken--give-a-stream-a-fresh-token"
+        );
+        assert_eq!(anchor("`GET /` — the demo page"), "get---the-demo-page");
+        assert_eq!(anchor("HTTPS and HTTP/2"), "https-and-http2");
+        let repeated = headings("# A\n## A\n```\n# not a heading\n```\n## A");
+        let ids: Vec<&str> = repeated.iter().map(|(_, id)| id.as_str()).collect();
+        assert_eq!(ids, ["a", "a-1", "a-2"]);
     }
 }

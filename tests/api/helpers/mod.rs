@@ -3,6 +3,7 @@
 
 pub mod binary;
 pub mod browser;
+pub mod http1;
 pub mod nginx;
 pub mod node;
 pub mod redis;
@@ -12,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::cookie::Cookie;
 use actix_web::http::header::{HeaderMap, CONTENT_TYPE, SET_COOKIE};
@@ -417,6 +418,19 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
 
 type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, awc::error::PayloadError>>>>;
 
+/// How an SSE response's body ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The body ended without an error. Read by [`Sse::over_http1`], that
+    /// is the server's last (zero-length) chunk and nothing else; through
+    /// awc ([`Sse::open`]) a connection closed in the middle of the body
+    /// counts too, as awc reports both alike.
+    Clean,
+    /// Reading it failed (a reset, a connection closed before the last
+    /// chunk as [`Sse::over_http1`] sees it); the reader's error.
+    Error(String),
+}
+
 /// One SSE response, read frame by frame with timeouts.
 pub struct Sse {
     pub status: u16,
@@ -426,7 +440,8 @@ pub struct Sse {
     body: BodyStream,
     parser: Parser,
     pending: VecDeque<Frame>,
-    ended: bool,
+    /// How the body ended and when this client read that; `None` while open.
+    end: Option<(End, Instant)>,
 }
 
 impl Sse {
@@ -439,7 +454,7 @@ impl Sse {
             body: Box::pin(response),
             parser: Parser::new(),
             pending: VecDeque::new(),
-            ended: false,
+            end: None,
         }
     }
 
@@ -459,12 +474,15 @@ impl Sse {
             if let Some(frame) = self.pending.pop_front() {
                 return Some(frame);
             }
-            if self.ended {
+            if self.end.is_some() {
                 return None;
             }
             match tokio::time::timeout_at(deadline, self.body.next()).await {
                 Ok(Some(Ok(chunk))) => self.pending.extend(self.parser.feed(&chunk)),
-                Ok(Some(Err(_)) | None) => self.ended = true,
+                Ok(Some(Err(error))) => {
+                    self.end = Some((End::Error(error.to_string()), Instant::now()))
+                }
+                Ok(None) => self.end = Some((End::Clean, Instant::now())),
                 Err(_) => return None,
             }
         }
@@ -474,7 +492,7 @@ impl Sse {
     pub async fn next(&mut self) -> Frame {
         match self.next_within(TIMEOUT).await {
             Some(frame) => frame,
-            None => panic!("no event within {TIMEOUT:?} (stream ended: {})", self.ended),
+            None => panic!("no event within {TIMEOUT:?} (stream ended: {:?})", self.end),
         }
     }
 
@@ -482,11 +500,11 @@ impl Sse {
     pub async fn until_end(&mut self) -> Vec<Frame> {
         let mut frames = Vec::new();
         let deadline = tokio::time::Instant::now() + TIMEOUT;
-        while !self.ended || !self.pending.is_empty() {
+        while self.end.is_none() || !self.pending.is_empty() {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_within(left).await {
                 Some(frame) => frames.push(frame),
-                None if self.ended => break,
+                None if self.end.is_some() => break,
                 None => panic!("the stream did not end within {TIMEOUT:?}; got {frames:?}"),
             }
         }
@@ -515,7 +533,13 @@ impl Sse {
 
     /// Whether the server has ended the stream (and every frame was read).
     pub fn is_over(&self) -> bool {
-        self.ended && self.pending.is_empty()
+        self.end.is_some() && self.pending.is_empty()
+    }
+
+    /// How the body ended, and when this client read its end; `None` while
+    /// it is open.
+    pub fn end(&self) -> Option<(&End, Instant)> {
+        self.end.as_ref().map(|(end, at)| (end, *at))
     }
 }
 
