@@ -2,7 +2,7 @@
 //! clients (Node's `http2` for many streams on one connection), the
 //! certificate reload on SIGHUP, and start-up with unusable files.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
@@ -35,15 +35,25 @@ fn script_input(port: u16, ca: &TestCa, rest: Value) -> Value {
 }
 
 #[actix_web::test]
-async fn an_http2_connection_carries_120_streams_and_each_gets_every_event_once_in_order() {
+async fn an_http2_connection_carries_120_streams_each_gets_every_event_once_in_order_and_the_drain_ends_each(
+) {
+    // The drain window, in whole seconds: the server cuts what is left at
+    // the window plus 3 s of grace (`SHUTDOWN_GRACE_SECS`).
+    const DRAIN: Duration = Duration::from_secs(1);
+    const CUT: Duration = Duration::from_secs(DRAIN.as_secs() + 3);
+    // How late past the window a drained stream may be seen ending: well
+    // before the cut.
+    const MARGIN: Duration = Duration::from_secs(1);
+    const _: () = assert!(DRAIN.as_millis() + MARGIN.as_millis() < CUT.as_millis());
     let ca = TestCa::new("Herald test CA");
     let files = TlsFiles::new(&ca.issue());
+    let drain_setting = DRAIN.as_secs().to_string();
     let server = spawn_tls(
         &ca,
         &files,
         &[
             ("HEARTBEAT_INTERVAL", "0.3"),
-            ("SHUTDOWN_DRAIN_SECS", "0.5"),
+            ("SHUTDOWN_DRAIN_SECS", &drain_setting),
         ],
     )
     .await;
@@ -74,6 +84,7 @@ async fn an_http2_connection_carries_120_streams_and_each_gets_every_event_once_
     );
 
     let stopping = Instant::now();
+    let stopping_at = SystemTime::now();
     server.stop().await;
     let stopped_in = stopping.elapsed();
     let summary = script.next(TIMEOUT).await["summary"].clone();
@@ -89,13 +100,49 @@ async fn an_http2_connection_carries_120_streams_and_each_gets_every_event_once_
     assert!(summary["heartbeatsMin"].as_u64() >= Some(1), "{summary}");
     assert_eq!(
         summary["endedCleanly"], 121,
-        "the drain ends every stream: {summary}"
+        "the drain ends every stream (an END_STREAM each, no reset): {summary}"
     );
-    // The drain window is 2 s (the default) and the cut would come at 5 s
-    // (window plus grace): well before the cut, with room for a busy machine.
+    // When each stream ended, after the stop began (the script's clock is
+    // this machine's wall clock, in ms).
+    let stopped_at_ms = stopping_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut ended_after: Vec<Duration> = summary["endedAt"]
+        .as_array()
+        .expect("endedAt in the summary")
+        .iter()
+        .map(|at| {
+            let at = at.as_u64().expect("every stream ended");
+            Duration::from_millis(at.saturating_sub(stopped_at_ms))
+        })
+        .collect();
+    ended_after.sort();
+    let (first, last) = (ended_after[0], ended_after[ended_after.len() - 1]);
+    println!(
+        "121 HTTP/2 streams ended from {first:?} to {last:?} after the stop began (window \
+         {DRAIN:?}, cut at {CUT:?}); the server stopped after {stopped_in:?}"
+    );
+    // Each stream is ended by the drain, within the window (plus a margin
+    // well before the cut), and they end spread over it rather than together
+    // as the connection closes.
     assert!(
-        stopped_in < Duration::from_secs(4),
-        "the drain took {stopped_in:?}"
+        last <= DRAIN + MARGIN,
+        "the last stream ended {last:?} after the stop began; the window is {DRAIN:?}, the cut \
+         at {CUT:?}"
+    );
+    assert!(
+        last - first >= DRAIN / 2,
+        "the streams ended within {:?} of each other, not spread over the window",
+        last - first
+    );
+    // The script closes the connection once every stream has ended; a
+    // stopping actix worker looks at its connections once a second, so the
+    // server stops at the first look after that, a second or more before the
+    // look that cuts.
+    assert!(
+        stopped_in < CUT - Duration::from_millis(500),
+        "the server took {stopped_in:?} to stop, as long as the cut at {CUT:?}"
     );
 }
 

@@ -63,6 +63,10 @@ try {
       resumed: named(resumed, 'tick').map((t) => t.n),
       heartbeatsMin: Math.min(...all.map((s) => s.comments)),
       endedCleanly: all.filter((s) => s.ended).length,
+      // When each stream ended (ms since the Unix epoch; null if it did not
+      // end cleanly), and how the others failed.
+      endedAt: all.map((s) => s.endedAt),
+      errors: all.filter((s) => s.error).map((s) => s.error),
     },
   });
   session.close();

@@ -61,11 +61,20 @@ export async function connect(options = {}) {
 /**
  * Opens `GET path` as an SSE stream on `session`. The returned object fills
  * in as frames arrive: `status`, `events` ({event, id, data}), `comments`
- * (heartbeats), `ended` (the server ended the stream), `closed`.
+ * (heartbeats), `ended` (the server ended the stream) and `endedAt` (when,
+ * in ms since the Unix epoch), `closed`, `error` (a reset or a failure).
  */
 export function openStream(session, path, headers = {}) {
   const request = session.request({ ':path': path, ...headers });
-  const stream = { request, status: null, events: [], comments: 0, ended: false, closed: false };
+  const stream = {
+    request,
+    status: null,
+    events: [],
+    comments: 0,
+    ended: false,
+    endedAt: null,
+    closed: false,
+  };
   let buffer = '';
   request.setEncoding('utf8');
   request.on('response', (head) => {
@@ -83,6 +92,7 @@ export function openStream(session, path, headers = {}) {
   });
   request.on('end', () => {
     stream.ended = true;
+    stream.endedAt = Date.now();
     changed();
   });
   request.on('close', () => {
