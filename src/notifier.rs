@@ -18,7 +18,7 @@ use crate::metrics::Snapshot;
 use crate::revocations::{Revocation, Revocations};
 
 pub(crate) struct Notifier {
-    pub(crate) log: EventLog,
+    log: EventLog,
     broadcaster: Addr<Broadcaster>,
     /// The Broadcaster's index of open streams, read without it.
     directory: Arc<Directory>,

@@ -6,14 +6,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Addr, Arbiter, Context};
+use actix::{Addr, Arbiter};
 use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{Condition, Logger};
 use actix_web::{http, web, App, HttpServer};
 
 use crate::auth::{Auth, Verifier};
-use crate::broadcaster::{Broadcaster, ConnectionSocket, Deliver, Drain, Evict, Limits, Refresh};
+use crate::broadcaster::{
+    self, Broadcaster, ConnectionSocket, Deliver, Drain, Evict, Limits, Refresh,
+};
 use crate::clock;
 use crate::config::{open_file_limit, Config, Storage};
 use crate::domain::EventId;
@@ -163,11 +165,6 @@ fn connection_socket(connection: &dyn Any) -> Option<ConnectionSocket> {
     }
 }
 
-/// Messages that may wait in the Broadcaster's mailbox before `send`
-/// waits: a connect burst (thousands of reconnects) queues rather than
-/// pushing back on handlers.
-const BROADCASTER_MAILBOX: usize = 1 << 16;
-
 /// Opens the embedded store under `dir`; the revocations it kept are in
 /// force again at once.
 fn open_store(
@@ -314,8 +311,7 @@ impl Application {
             (None, None) => IdSource::Own(Arc::new(Sequencer::new(new_epoch(0)))),
         };
         // The Broadcaster's address first: the log hands the flow to it.
-        let (sender, mailbox) = actix::dev::channel::channel(BROADCASTER_MAILBOX);
-        let broadcaster: Addr<Broadcaster> = Addr::new(sender);
+        let (broadcaster, mailbox) = broadcaster::mailbox();
         let sink: eventlog::Sink = {
             let broadcaster = broadcaster.clone();
             Arc::new(move |flow| {
@@ -376,9 +372,7 @@ impl Application {
                 .build()
                 .expect("a runtime for the Broadcaster's thread")
         });
-        arbiter.spawn_fn(move || {
-            Context::with_receiver(mailbox).run(actor);
-        });
+        actor.run_on(&arbiter.handle(), mailbox);
         let thread = Arc::new(BroadcasterThread {
             arbiter: std::sync::Mutex::new(Some(arbiter)),
         });

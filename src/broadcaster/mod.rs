@@ -74,8 +74,22 @@ pub(crate) struct Drain {
 /// the TTL dropped (the precision of both).
 const EXPIRY_TICK: Duration = Duration::from_secs(1);
 
-/// Messages that may wait in the Broadcaster's mailbox before `send` waits.
+/// Messages that may wait in the Broadcaster's mailbox before `send` waits:
+/// a connect burst (thousands of reconnects) queues rather than pushing
+/// back on handlers.
 const MAILBOX_CAPACITY: usize = 1 << 16;
+
+/// The receiving end of a Broadcaster's mailbox, made (with its address) by
+/// [`mailbox`] before the actor exists, so that the event log's sink can
+/// point at the address first.
+pub(crate) struct Mailbox(actix::dev::channel::AddressReceiver<Broadcaster>);
+
+/// A Broadcaster's address and mailbox; messages sent to the address wait,
+/// in order, until [`Broadcaster::run_on`] runs the actor.
+pub(crate) fn mailbox() -> (Addr<Broadcaster>, Mailbox) {
+    let (sender, receiver) = actix::dev::channel::channel(MAILBOX_CAPACITY);
+    (Addr::new(sender), Mailbox(receiver))
+}
 
 /// How often a drain closes its next slice of streams.
 const DRAIN_TICK: Duration = Duration::from_millis(50);
@@ -121,6 +135,13 @@ impl Broadcaster {
         }
     }
 
+    /// Runs the actor on `arbiter`'s thread, reading `mailbox`.
+    pub fn run_on(self, arbiter: &ArbiterHandle, mailbox: Mailbox) {
+        arbiter.spawn_fn(move || {
+            Context::with_receiver(mailbox.0).run(self);
+        });
+    }
+
     /// The index of open streams, for readers on other threads.
     pub fn directory(&self) -> Arc<Directory> {
         self.hub.directory().clone()
@@ -149,9 +170,6 @@ impl Actor for Broadcaster {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Connect bursts (thousands of reconnects) must queue rather than push
-        // back on handlers; `send` waits once this many are pending.
-        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         ctx.run_interval(self.heartbeat_interval, |actor, _| {
             actor.hub.heartbeat();
         });

@@ -202,12 +202,7 @@ async fn revoking_a_user_ends_her_streams_and_refuses_her_older_tokens() {
     let answer = revoke(&server, json!({"user": "alice"})).await;
     assert_eq!(answer.status, 202, "{answer}");
     for stream in [&mut first, &mut second] {
-        let names: Vec<String> = stream
-            .until_end()
-            .await
-            .into_iter()
-            .map(|f| f.event)
-            .collect();
+        let names = stream.names_until_end().await;
         assert_eq!(names, ["revoked"]);
     }
     let refused = server.get_events(&old, "").await;
@@ -237,12 +232,7 @@ async fn revoking_a_token_ends_only_its_streams() {
         revoke(&server, json!({"jti": "leaked-1"})).await.status,
         202
     );
-    let names: Vec<String> = on_leaked
-        .until_end()
-        .await
-        .into_iter()
-        .map(|f| f.event)
-        .collect();
+    let names = on_leaked.names_until_end().await;
     assert_eq!(names, ["revoked"]);
     assert_eq!(
         server.get_events(&leaked, "").await.json()["error"],
@@ -282,12 +272,7 @@ async fn with_redis_a_revocation_reaches_every_node_and_outlives_them() {
     let started = std::time::Instant::now();
     assert_eq!(revoke(&a, json!({"user": "alice"})).await.status, 202);
     for stream in [&mut on_a, &mut on_b] {
-        let names: Vec<String> = stream
-            .until_end()
-            .await
-            .into_iter()
-            .map(|f| f.event)
-            .collect();
+        let names = stream.names_until_end().await;
         assert_eq!(names, ["revoked"]);
     }
     println!(
@@ -364,12 +349,7 @@ async fn after_a_refresh_a_stream_answers_to_the_token_it_holds_now() {
             revoke(&server, json!({"jti": "second-b"})).await.status,
             202
         );
-        let names: Vec<String> = stream
-            .until_end()
-            .await
-            .into_iter()
-            .map(|f| f.event)
-            .collect();
+        let names = stream.names_until_end().await;
         assert_eq!(names, ["revoked"], "{storage}");
     }
 }
@@ -394,12 +374,7 @@ async fn no_stream_opened_while_a_revocation_is_made_outlives_it() {
         for stream in racing {
             let mut stream = stream.await.unwrap();
             if stream.status == 200 {
-                let names: Vec<String> = stream
-                    .until_end()
-                    .await
-                    .into_iter()
-                    .map(|f| f.event)
-                    .collect();
+                let names = stream.names_until_end().await;
                 assert_eq!(
                     names.last().map(String::as_str),
                     Some("revoked"),

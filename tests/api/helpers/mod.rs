@@ -511,6 +511,15 @@ impl Sse {
         frames
     }
 
+    /// The names of the events read until the stream ends (see [`Sse::until_end`]).
+    pub async fn names_until_end(&mut self) -> Vec<String> {
+        self.until_end()
+            .await
+            .into_iter()
+            .map(|frame| frame.event)
+            .collect()
+    }
+
     /// True if no event arrives within `wait` (heartbeats do not count).
     pub async fn quiet_for(&mut self, wait: Duration) -> bool {
         self.next_within(wait).await.is_none()
