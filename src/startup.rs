@@ -294,22 +294,6 @@ impl Application {
             expiry_warning_secs: config.token_expiry_warning_secs,
             retention,
         };
-        // Where events live, fixed here: Redis (shared ids), the embedded
-        // store, or memory (this process's own ids).
-        let storage = match (&config.redis_url, &config.storage) {
-            (Some(_), _) => None,
-            (None, Storage::Disk(dir)) => Some(open_store(dir, &config, &revocations)?),
-            (None, Storage::Memory) => None,
-        };
-        let ids = match (&config.redis_url, &storage) {
-            (Some(_), _) => IdSource::Shared,
-            (None, Some((_, loaded))) => {
-                // Ids keep increasing across restarts.
-                let after_stored = loaded.events.last().map_or(0, |newest| newest.id.epoch + 1);
-                IdSource::Own(Arc::new(Sequencer::new(new_epoch(after_stored))))
-            }
-            (None, None) => IdSource::Own(Arc::new(Sequencer::new(new_epoch(0)))),
-        };
         // The Broadcaster's address first: the log hands the flow to it.
         let (broadcaster, mailbox) = broadcaster::mailbox();
         let sink: eventlog::Sink = {
@@ -324,8 +308,10 @@ impl Application {
                 Ok(())
             })
         };
-        let (event_log, restored, tasks) = match (&config.redis_url, storage, &ids) {
-            (Some(url), _, _) => {
+        // Where events live, and so where ids come from, fixed here: Redis
+        // (shared ids), the embedded store, or memory (this process's own).
+        let (event_log, ids, restored, tasks) = match (&config.redis_url, &config.storage) {
+            (Some(url), _) => {
                 let local: LocalRefresh = {
                     let broadcaster = broadcaster.clone();
                     Arc::new(move |refresh| {
@@ -349,29 +335,43 @@ impl Application {
                     actix_web::rt::spawn(reader.run()).abort_handle(),
                     actix_web::rt::spawn(listener.run()).abort_handle(),
                 ];
-                (EventLog::Redis(Box::new(redis)), None, tasks)
+                (
+                    EventLog::Redis(Box::new(redis)),
+                    IdSource::Shared,
+                    None,
+                    tasks,
+                )
             }
-            (None, Some((store, loaded)), IdSource::Own(sequencer)) => {
+            (None, Storage::Disk(dir)) => {
+                let (store, loaded) = open_store(dir, &config, &revocations)?;
+                // Ids keep increasing across restarts.
+                let after_stored = loaded.events.last().map_or(0, |newest| newest.id.epoch + 1);
+                let sequencer = Arc::new(Sequencer::new(new_epoch(after_stored)));
                 let sqlite = eventlog::sqlite::SqliteLog::start(store, sequencer.clone(), sink)?;
                 let evict: Evict = Box::new(sqlite.evictor());
-                (EventLog::Sqlite(sqlite), Some((loaded, evict)), Vec::new())
+                let restored = Some((loaded, evict));
+                (
+                    EventLog::Sqlite(sqlite),
+                    IdSource::Own(sequencer),
+                    restored,
+                    Vec::new(),
+                )
             }
-            (None, _, IdSource::Own(sequencer)) => (
-                EventLog::Memory(eventlog::memory::MemoryLog::new(sequencer.clone(), sink)),
-                None,
-                Vec::new(),
-            ),
-            (None, _, IdSource::Shared) => unreachable!("shared ids come only with Redis"),
+            (None, Storage::Memory) => {
+                let sequencer = Arc::new(Sequencer::new(new_epoch(0)));
+                let memory = eventlog::memory::MemoryLog::new(sequencer.clone(), sink);
+                (
+                    EventLog::Memory(memory),
+                    IdSource::Own(sequencer),
+                    None,
+                    Vec::new(),
+                )
+            }
         };
         let actor = Broadcaster::new(limits, metrics.clone(), ids, revocations.clone(), restored);
         let directory = actor.directory();
         // Its own thread, owned by the shutdown (see `BroadcasterThread`).
-        let arbiter = Arbiter::with_tokio_rt(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the Broadcaster's thread")
-        });
+        let arbiter = Arbiter::new();
         actor.run_on(&arbiter.handle(), mailbox);
         let thread = Arc::new(BroadcasterThread {
             arbiter: std::sync::Mutex::new(Some(arbiter)),

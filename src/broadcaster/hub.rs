@@ -21,8 +21,7 @@ use super::directory::Directory;
 use super::outbox::{Outbox, Push};
 use super::retention::{Retained, Retention};
 use crate::domain::{
-    Audience, AudienceKey, Channel, ClientId, EventId, Published, RefreshError, Stamped,
-    TokenRefresh, UserId,
+    Audience, AudienceKey, Channel, ClientId, EventId, RefreshError, Stamped, TokenRefresh, UserId,
 };
 use crate::eventlog::{FlowItem, IdSource, Loaded, RetentionLimits};
 use crate::metrics::Metrics;
@@ -357,18 +356,22 @@ impl Hub {
     /// fanned out and kept (skipping any not newer than the newest already
     /// seen: a shared flow repeating itself after a reconnect), each
     /// revocation ends the streams it covers. `position`: in a shared flow,
-    /// the newest entry read. Answers what each delivered event reached.
-    pub fn deliver(&mut self, items: Vec<FlowItem>, position: Option<EventId>) -> Vec<Published> {
-        let mut published = Vec::with_capacity(items.len());
+    /// the newest entry read. Answers each delivered event's id and how many
+    /// streams it reached.
+    pub fn deliver(
+        &mut self,
+        items: Vec<FlowItem>,
+        position: Option<EventId>,
+    ) -> Vec<(EventId, usize)> {
+        let mut delivered = Vec::with_capacity(items.len());
         for item in items {
             match item {
                 FlowItem::Event(stamped) => {
                     if self.retention.newest() >= Some(stamped.id) {
                         continue;
                     }
-                    let id = stamped.id.to_string();
-                    let recipients = self.fan_out(stamped);
-                    published.push(Published { id, recipients });
+                    let id = stamped.id;
+                    delivered.push((id, self.fan_out(stamped)));
                 }
                 FlowItem::Revoke(revocation) => {
                     self.revoke(&revocation);
@@ -376,9 +379,15 @@ impl Hub {
             }
         }
         self.position = self.position.max(position);
+        self.history_changed();
+        delivered
+    }
+
+    /// Copies retention's size into the directory's gauges, after anything
+    /// that may have changed it.
+    fn history_changed(&self) {
         self.directory
             .set_history(self.retention.len(), self.retention.bytes());
-        published
     }
 
     /// Fills history with events that came before this node started, without
@@ -393,8 +402,7 @@ impl Hub {
         self.retain_all(events);
         self.preload_losses(lost, horizon);
         self.position = self.position.max(Some(position));
-        self.directory
-            .set_history(self.retention.len(), self.retention.bytes());
+        self.history_changed();
     }
 
     /// Keeps events that came before this node started, without delivering them.
@@ -441,8 +449,7 @@ impl Hub {
         }
         self.retain_all(events);
         self.retention.purge(now_ms);
-        self.directory
-            .set_history(self.retention.len(), self.retention.bytes());
+        self.history_changed();
     }
 
     /// Events dropped from retention since the last call, for a durable
@@ -454,8 +461,7 @@ impl Hub {
     /// Drops retained events older than the TTL at `now_ms`.
     pub fn purge(&mut self, now_ms: u64) {
         self.retention.purge(now_ms);
-        self.directory
-            .set_history(self.retention.len(), self.retention.bytes());
+        self.history_changed();
     }
 
     /// The newest `limit` retained events for `user` on `channels` (and
@@ -765,7 +771,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{EventName, Outgoing};
+    use crate::domain::{EventName, Outgoing, Published};
     use crate::eventlog::Sequencer;
     use crate::sse::{Frame, Parser};
 
@@ -821,6 +827,12 @@ mod tests {
 
     fn deliver(hub: &mut Hub, stamped: Vec<Stamped>) -> Vec<Published> {
         hub.deliver(stamped.into_iter().map(FlowItem::Event).collect(), None)
+            .into_iter()
+            .map(|(id, recipients)| Published {
+                id: id.to_string(),
+                recipients,
+            })
+            .collect()
     }
 
     /// Stamps and delivers events; answers what each reached.
