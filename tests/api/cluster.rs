@@ -301,3 +301,25 @@ impl TestServer {
         }
     }
 }
+
+#[actix_web::test]
+async fn a_node_on_an_emptied_redis_does_not_take_an_earlier_id_for_one_it_has_not_read() {
+    let Some(redis) = Redis::start() else { return };
+    let token = user_token("alice", &[]);
+    let earlier = {
+        let a = redis.node(&[]).await;
+        let first = a.send(json!({"user": "alice", "event": "one"})).await;
+        a.send(json!({"user": "alice", "event": "two"})).await;
+        a.stop().await;
+        first["id"].as_str().unwrap().to_owned()
+    };
+    // The flow and every audience's history are gone (a flushed or replaced
+    // Redis): the event after `earlier` is lost, and a fresh node must say so
+    // although `earlier` is only milliseconds old.
+    let Some(empty) = Redis::start() else { return };
+    drop(redis);
+    let b = empty.node(&[]).await;
+    let (_, connected) = b.resume(&token, "", &earlier).await;
+    assert_eq!(connected["recovered"], false, "{connected}");
+    assert_eq!(connected["replayed"], 0);
+}
