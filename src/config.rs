@@ -30,6 +30,8 @@ pub const DEFAULT_HISTORY_PER_AUDIENCE: usize = 1000;
 pub const DEFAULT_HISTORY_TTL_SECS: u64 = 86_400;
 pub const DEFAULT_HISTORY_MAX_BYTES: usize = 256 * 1024 * 1024;
 pub const DEFAULT_DATA_DIR: &str = "./herald-data";
+/// How often the embedded store syncs to the disk in `DURABILITY=process` mode.
+pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_REDIS_STREAM_KEY: &str = "herald:events";
 pub const DEFAULT_SHUTDOWN_DRAIN_SECS: f64 = 2.0;
 /// Descriptors kept free below the open-file limit for listeners, logs, Redis
@@ -99,6 +101,11 @@ pub struct Config {
     pub history_max_bytes: usize,
     /// Where retained events live on a single node.
     pub storage: Storage,
+    /// What a `202` from the embedded store promises (`DURABILITY`).
+    pub durability: Durability,
+    /// How often the embedded store syncs what it wrote (`SYNC_INTERVAL_MS`):
+    /// in `process` mode, the most a power loss can take.
+    pub sync_interval: Duration,
     pub cors_allowed_origins: Vec<String>,
     pub redis_url: Option<String>,
     /// The Redis stream all nodes of one cluster share.
@@ -143,6 +150,19 @@ pub enum Storage {
     Disk(PathBuf),
     /// Memory only: a restart forgets everything.
     Memory,
+}
+
+/// What a `202` from the embedded store promises (`DURABILITY`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// The event is written through to the operating system before the
+    /// `202` and before any stream gets it; a background sync every
+    /// `SYNC_INTERVAL_MS` puts it on the disk. A crash of Herald loses
+    /// nothing; a power loss at most that interval.
+    Process,
+    /// The event is synced to the disk before the `202` (one sync shared
+    /// by the publishes that arrive together).
+    Disk,
 }
 
 /// A setting that could not be used, with the variable it came from.
@@ -242,6 +262,15 @@ impl Config {
             Some(other) => {
                 return Err(ConfigError(format!(
                     "STORAGE must be disk or memory, got {other:?}"
+                )))
+            }
+        };
+        let durability = match get("DURABILITY").as_deref().map(str::trim) {
+            None | Some("process") => Durability::Process,
+            Some("disk") => Durability::Disk,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "DURABILITY must be process or disk, got {other:?}"
                 )))
             }
         };
@@ -357,6 +386,11 @@ impl Config {
             )? as u64),
             history_max_bytes: positive("HISTORY_MAX_BYTES", DEFAULT_HISTORY_MAX_BYTES)?,
             storage,
+            durability,
+            sync_interval: Duration::from_millis(positive(
+                "SYNC_INTERVAL_MS",
+                DEFAULT_SYNC_INTERVAL_MS as usize,
+            )? as u64),
             scheduling,
             cors_allowed_origins: get("CORS_ALLOWED_ORIGINS")
                 .map(|raw| {
@@ -448,7 +482,23 @@ mod tests {
         assert_eq!(config.history_ttl, Duration::from_secs(86_400));
         assert_eq!(config.storage, Storage::Disk("./herald-data".into()));
         assert_eq!(config.scheduling, Scheduling::Batch);
+        assert_eq!(config.durability, Durability::Process);
+        assert_eq!(config.sync_interval, Duration::from_secs(1));
         assert!(config.is_development() && config.demo_login);
+    }
+
+    #[test]
+    fn durability_and_its_sync_interval_are_checked() {
+        let disk = config(&[("DURABILITY", "disk"), ("SYNC_INTERVAL_MS", "250")]).unwrap();
+        assert_eq!(disk.durability, Durability::Disk);
+        assert_eq!(disk.sync_interval, Duration::from_millis(250));
+        let err = config(&[("DURABILITY", "fsync")]).unwrap_err();
+        assert!(
+            err.0.contains("DURABILITY must be process or disk"),
+            "{err}"
+        );
+        let err = config(&[("SYNC_INTERVAL_MS", "0")]).unwrap_err();
+        assert!(err.0.contains("SYNC_INTERVAL_MS"), "{err}");
     }
 
     #[test]

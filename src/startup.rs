@@ -174,7 +174,7 @@ fn open_store(
 ) -> std::io::Result<(Store, eventlog::Loaded)> {
     let floor = EventId::new(clock::unix_now_ms(), 0);
     let revocations_since = clock::unix_now().saturating_sub(config.revoke_ttl_secs);
-    let (store, mut loaded) = Store::open(dir, floor, revocations_since)
+    let (store, mut loaded) = Store::open(dir, floor, revocations_since, config.durability)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     for (key, at) in std::mem::take(&mut loaded.revocations) {
         if let Some(revocation) = Revocation::from_key(&key) {
@@ -343,11 +343,18 @@ impl Application {
                 )
             }
             (None, Storage::Disk(dir)) => {
-                let (store, loaded) = open_store(dir, &config, &revocations)?;
+                let (mut store, mut loaded) = open_store(dir, &config, &revocations)?;
                 // Ids keep increasing across restarts.
-                let after_stored = loaded.events.last().map_or(0, |newest| newest.id.epoch + 1);
-                let sequencer = Arc::new(Sequencer::new(new_epoch(after_stored)));
-                let sqlite = eventlog::sqlite::SqliteLog::start(store, sequencer.clone(), sink)?;
+                let epoch = store.begin_epoch(&mut loaded).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+                })?;
+                let sequencer = Arc::new(Sequencer::new(epoch));
+                let sqlite = eventlog::sqlite::SqliteLog::start(
+                    store,
+                    sequencer.clone(),
+                    sink,
+                    config.sync_interval,
+                )?;
                 let evict: Evict = Box::new(sqlite.evictor());
                 let restored = Some((loaded, evict));
                 (

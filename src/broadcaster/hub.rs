@@ -442,10 +442,14 @@ impl Hub {
             horizon,
             // Not the Hub's: they are checked where tokens are.
             revocations: _,
+            gaps,
         } = loaded;
         self.retention.rebase(floor, true);
         if let Some(horizon) = horizon {
             self.retention.lost_up_to(horizon);
+        }
+        for (after, before) in gaps {
+            self.retention.lost_between(after, before);
         }
         self.retain_all(events);
         self.retention.purge(now_ms);

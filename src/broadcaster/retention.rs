@@ -106,6 +106,9 @@ pub(crate) struct Retention {
     /// The newest id lost by an audience index that has since been
     /// forgotten: a resume from an older id counts as not recovered.
     horizon: Option<EventId>,
+    /// Ranges of ids (ends excluded) a store does not hold though an earlier
+    /// process may have issued them (see [`Retention::lost_between`]).
+    gaps: Vec<(EventId, EventId)>,
     /// The newest id ever retained (or offered while nothing is kept).
     newest: Option<EventId>,
     /// Ids dropped since the last [`Retention::take_evicted`] (for a durable
@@ -124,6 +127,7 @@ impl Retention {
             bytes: 0,
             floor,
             horizon: None,
+            gaps: Vec::new(),
             newest: None,
             evicted: Vec::new(),
             track_evicted,
@@ -225,7 +229,11 @@ impl Retention {
             };
         }
         let keys = AudienceKey::of_stream(user, channels);
-        let known = last >= self.floor;
+        let known = last >= self.floor
+            && !self
+                .gaps
+                .iter()
+                .any(|&(after, before)| after < last && last < before);
         let lost_nothing = known
             && self.horizon.is_none_or(|horizon| horizon <= last)
             && keys.iter().all(|key| {
@@ -296,6 +304,13 @@ impl Retention {
     /// store deleted before a restart: it does not record who lost what).
     pub(crate) fn lost_up_to(&mut self, lost: EventId) {
         self.horizon = self.horizon.max(Some(lost));
+    }
+
+    /// Counts the ids after `after` and before `before` as lost by every
+    /// audience: a store's gap, ids a process may have issued that a power
+    /// loss took.
+    pub(crate) fn lost_between(&mut self, after: EventId, before: EventId) {
+        self.gaps.push((after, before));
     }
 
     /// The ids dropped since the last call (empty unless tracking).
@@ -449,6 +464,30 @@ mod tests {
         assert_eq!(seqs(&recent), [18, 19, 20, 21]);
         assert!(recent.recovered, "nothing after 17 was evicted");
         assert_eq!(retention.len(), 5);
+    }
+
+    #[test]
+    fn a_resume_from_inside_a_gap_a_power_loss_left_is_not_recovered() {
+        let mut retention = retention(limits(100));
+        for seq in 1..=3 {
+            put(&mut retention, seq, Audience::Everyone, 0);
+        }
+        // The store held up to 3; the next process began at epoch EPOCH + 1.
+        retention.lost_between(EventId::new(EPOCH, 3), EventId::new(EPOCH + 1, 0));
+        assert!(retention.insert(
+            EventId::new(EPOCH + 1, 1),
+            Audience::Everyone,
+            EventName::default(),
+            "null",
+            Bytes::from_static(b"101"),
+            0
+        ));
+        let held = retention.replay(&id(3), &user("alice"), &[]);
+        assert!(held.recovered, "3 was held, and nothing after it was lost");
+        assert_eq!(seqs(&held), [101]);
+        let lost = retention.replay(&id(5), &user("alice"), &[]);
+        assert!(!lost.recovered, "4 and 5 may have been issued and lost");
+        assert_eq!(seqs(&lost), [101], "what is held is still replayed");
     }
 
     #[test]

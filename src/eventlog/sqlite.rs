@@ -5,25 +5,44 @@
 //! Memory stays the place events are read from (resume, `/api/history`); the
 //! store is its durable copy. At start every stored event is loaded and the
 //! retention rules applied again; while running, new events are appended and
-//! evicted ones deleted. One thread ([`Writer`]) owns the database and commits
-//! whatever is waiting in one transaction, so concurrent publishes share one
-//! disk sync (group commit). Why SQLite: see `docs/architecture.md`.
+//! evicted ones deleted. One thread ([`Writer`]) writes to the database and
+//! commits whatever is waiting in one transaction, so concurrent publishes
+//! share one commit (group commit).
+//!
+//! `DURABILITY` decides what a commit waits for. `process`: SQLite's WAL with
+//! `synchronous=NORMAL`, so a commit is written through to the operating
+//! system and waits for no disk sync; a second thread ([`Syncer`]), on its
+//! own connection, checkpoints every `SYNC_INTERVAL_MS`, which syncs the WAL
+//! first and so bounds what a power loss can take. `disk`: `synchronous=FULL`,
+//! a commit syncs the WAL before it returns. In both modes the checkpoints
+//! (copying the WAL back into the database) run on the syncer, off the path
+//! of a publish. Why SQLite: see `docs/architecture.md`.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use tokio::sync::oneshot;
 
-use std::sync::Arc;
-
 use super::{Flow, FlowItem, LogError, Sequencer, Sink};
+use crate::config::Durability;
 use crate::domain::{Audience, Channel, EventId, EventName, Outgoing, Stamped, UserId};
 use crate::revocations::Revocation;
 
 /// The database file's name inside `DATA_DIR`.
 const FILE_NAME: &str = "herald.db";
+/// The file whose lock keeps a second process out of `DATA_DIR`.
+const LOCK_FILE_NAME: &str = "herald.lock";
+/// A WAL this long (4 KiB pages) after the syncer's checkpoint makes the
+/// writer checkpoint once itself, so that the log starts over: under a
+/// publish flood the syncer's checkpoints alone could never catch up with
+/// the last frame, and the file would only grow. 4,096 pages: 16 MiB.
+const WAL_RESTART_PAGES: i64 = 4096;
+/// A WAL file longer than this is cut back to it when the log starts over.
+const WAL_SIZE_LIMIT_BYTES: i64 = 16 * 1024 * 1024;
 /// Most appends one transaction takes; more wait for the next.
 const MAX_GROUP: usize = 1024;
 /// Deletes wait for the next append's transaction, or at most this long
@@ -69,6 +88,12 @@ pub(crate) struct Loaded {
     pub horizon: Option<EventId>,
     /// Revocations still in force: (key, when made).
     pub revocations: Vec<(String, u64)>,
+    /// Ranges of ids (both ends excluded) that an earlier process may have
+    /// issued and the store does not hold: from the newest event a start
+    /// found to the first id of the process that started. Only a power loss
+    /// (or a kernel crash) leaves ids in one; a resume from inside one is
+    /// not recovered. Filled in by [`Store::begin_epoch`].
+    pub gaps: Vec<(EventId, EventId)>,
 }
 
 /// The database, owned by the writer thread once the server runs.
@@ -77,6 +102,41 @@ pub(crate) struct Store {
     path: PathBuf,
     /// The newest id ever deleted (see [`Loaded::horizon`]).
     horizon: Option<EventId>,
+    /// Locked while the store is open; the lock goes with the file.
+    _lock: File,
+}
+
+/// How long a statement waits for a lock the syncer holds.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Locks `DATA_DIR` for this process: a second Herald on it is refused at
+/// start rather than sharing the database.
+fn lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE_NAME);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| {
+            StoreError::Unusable(format!(
+                "DATA_DIR {} cannot be used: {}: {e}",
+                dir.display(),
+                path.display()
+            ))
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unusable(format!(
+            "DATA_DIR {}: another process (a second Herald?) is using this DATA_DIR",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Unusable(format!(
+            "DATA_DIR {} cannot be locked: {}: {e}",
+            dir.display(),
+            path.display()
+        ))),
+    }
 }
 
 fn failed(path: &Path, error: &rusqlite::Error) -> StoreError {
@@ -117,10 +177,12 @@ impl Store {
         dir: &Path,
         new_floor: EventId,
         revocations_since: u64,
+        durability: Durability,
     ) -> Result<(Self, Loaded), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unusable(format!("DATA_DIR {} cannot be created: {e}", dir.display()))
         })?;
+        let lock = lock(dir)?;
         let path = dir.join(FILE_NAME);
         let unusable = |error: rusqlite::Error| match failed(&path, &error) {
             StoreError::Failed(message) | StoreError::Full(message) => StoreError::Unusable(
@@ -129,16 +191,20 @@ impl Store {
             other => other,
         };
         let connection = Connection::open(&path).map_err(unusable)?;
-        // One connection, holding the file exclusively: waiting for a lock
-        // could only mean waiting for another process, which is refused.
-        connection.busy_timeout(Duration::ZERO).map_err(unusable)?;
-        // WAL with FULL sync: a commit is on disk when it returns, with one sync.
-        // EXCLUSIVE: a second process on the same directory is refused.
+        // The syncer's checkpoint may hold a lock for a moment.
+        connection.busy_timeout(BUSY_TIMEOUT).map_err(unusable)?;
+        // process: a WAL commit is written through to the OS and not synced;
+        // disk: it is synced before it returns. Checkpoints are the syncer's.
+        let synchronous = match durability {
+            Durability::Process => "NORMAL",
+            Durability::Disk => "FULL",
+        };
         connection
-            .execute_batch(
-                "PRAGMA locking_mode = EXCLUSIVE;
-                 PRAGMA journal_mode = WAL;
-                 PRAGMA synchronous = FULL;
+            .execute_batch(&format!(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = {synchronous};
+                 PRAGMA wal_autocheckpoint = 0;
+                 PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES};
                  CREATE TABLE IF NOT EXISTS events (
                      epoch INTEGER NOT NULL,
                      seq INTEGER NOT NULL,
@@ -156,8 +222,14 @@ impl Store {
                  CREATE TABLE IF NOT EXISTS meta (
                      key TEXT PRIMARY KEY,
                      value INTEGER NOT NULL
-                 ) WITHOUT ROWID;",
-            )
+                 ) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS gaps (
+                     after_epoch INTEGER NOT NULL,
+                     after_seq INTEGER NOT NULL,
+                     before_epoch INTEGER NOT NULL,
+                     PRIMARY KEY (after_epoch, after_seq, before_epoch)
+                 ) WITHOUT ROWID;"
+            ))
             .map_err(unusable)?;
         let check: String = connection
             .query_row("PRAGMA quick_check", [], |row| row.get(0))
@@ -173,6 +245,7 @@ impl Store {
             connection,
             path,
             horizon: None,
+            _lock: lock,
         };
         let floor = store.floor(new_floor)?;
         let horizon = store.read_horizon()?;
@@ -186,8 +259,88 @@ impl Store {
                 floor,
                 horizon,
                 revocations,
+                gaps: Vec::new(),
             },
         ))
+    }
+
+    /// Starts the epoch of this process, past every epoch an earlier start
+    /// of this store began (recorded, and synced, before any id of it is
+    /// given out: a clock set back after a power loss cannot make ids be
+    /// issued twice) and past every stored event. Records that the ids
+    /// after the newest event held and before this epoch are not held (what
+    /// the last process issued after that was lost, if it issued any), and
+    /// puts every gap still worth knowing in `loaded`.
+    pub(crate) fn begin_epoch(&mut self, loaded: &mut Loaded) -> Result<u64, StoreError> {
+        let path = self.path.clone();
+        let fail = |e: rusqlite::Error| failed(&path, &e);
+        let last_begun: Option<i64> = self
+            .connection
+            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(fail)?;
+        let after_stored = loaded.events.last().map_or(0, |newest| newest.id.epoch + 1);
+        let after_begun = last_begun.map_or(0, |epoch| epoch as u64 + 1);
+        let epoch = super::new_epoch(after_stored.max(after_begun));
+        let held = loaded
+            .events
+            .last()
+            .map(|newest| newest.id)
+            .max(loaded.horizon)
+            .unwrap_or(loaded.floor)
+            .max(loaded.floor);
+        let transaction = self.connection.transaction().map_err(fail)?;
+        transaction
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?1)",
+                [epoch as i64],
+            )
+            .map_err(fail)?;
+        if last_begun.is_some() {
+            transaction
+                .execute(
+                    "INSERT OR IGNORE INTO gaps (after_epoch, after_seq, before_epoch)
+                     VALUES (?1, ?2, ?3)",
+                    params![held.epoch as i64, held.seq as i64, epoch as i64],
+                )
+                .map_err(fail)?;
+        }
+        transaction.commit().map_err(fail)?;
+        // On the disk before the first id of this epoch is given out.
+        checkpoint(&self.connection).map_err(fail)?;
+        loaded.gaps = self.load_gaps()?;
+        Ok(epoch)
+    }
+
+    /// The recorded gaps; those that end before the horizon are deleted
+    /// (a resume from them is not recovered anyway).
+    fn load_gaps(&mut self) -> Result<Vec<(EventId, EventId)>, StoreError> {
+        let path = self.path.clone();
+        let fail = |e: rusqlite::Error| failed(&path, &e);
+        if let Some(horizon) = self.horizon {
+            // `before` is (before_epoch, 0): at or before the horizon.
+            self.connection
+                .execute(
+                    "DELETE FROM gaps WHERE before_epoch <= ?1",
+                    [horizon.epoch as i64],
+                )
+                .map_err(fail)?;
+        }
+        let mut statement = self
+            .connection
+            .prepare("SELECT after_epoch, after_seq, before_epoch FROM gaps ORDER BY 1, 2")
+            .map_err(fail)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    EventId::new(row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64),
+                    EventId::new(row.get::<_, i64>(2)? as u64, 0),
+                ))
+            })
+            .map_err(fail)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(fail)
     }
 
     /// The floor recorded when the store was created, recording `new` if none.
@@ -299,7 +452,9 @@ impl Store {
     }
 
     /// Appends `events`, records `revocations` (key, when) and deletes
-    /// `evicted` in one transaction, on disk when this returns.
+    /// `evicted` in one transaction: written through to the operating system
+    /// when this returns (`DURABILITY=process`), or synced to the disk
+    /// (`disk`).
     fn commit(
         &mut self,
         events: &[&Stamped],
@@ -370,7 +525,7 @@ impl Store {
 /// What the writer thread is asked to do.
 enum Command {
     /// Write these events, or record this revocation (made at the given
-    /// Unix second); answer once it is on disk (or not).
+    /// Unix second); answer once it is committed (or not).
     Append {
         entry: Entry,
         reply: oneshot::Sender<Result<(), StoreError>>,
@@ -398,106 +553,44 @@ pub(crate) struct Writer {
     commands: mpsc::Sender<Command>,
 }
 
+/// What the writer and the syncer tell each other.
+#[derive(Default)]
+struct SyncState {
+    /// Set by the writer after a commit; the syncer takes it.
+    written: AtomicBool,
+    /// Set by the syncer when the WAL has grown long: the writer checkpoints
+    /// once itself, so that its next commit starts the log over.
+    start_over: AtomicBool,
+}
+
 impl Writer {
-    /// Moves `store` to its own thread. `on_committed` is called there with
-    /// every group of appended events once they are on disk, in order, before
-    /// their publishers are answered.
-    pub(crate) fn spawn(mut store: Store, on_committed: OnCommitted) -> std::io::Result<Self> {
+    /// Moves `store` to its own thread, and starts the syncer beside it.
+    /// `on_committed` is called on the writer's thread with every group of
+    /// appended events once they are committed, in order, before their
+    /// publishers are answered.
+    pub(crate) fn spawn(
+        mut store: Store,
+        on_committed: OnCommitted,
+        sync_interval: Duration,
+    ) -> std::io::Result<Self> {
         let (commands, inbox) = mpsc::channel::<Command>();
+        let state = Arc::new(SyncState::default());
+        let (stop_syncer, stopped) = mpsc::channel::<()>();
+        let syncer = Syncer {
+            path: store.path.clone(),
+            interval: sync_interval,
+            state: state.clone(),
+        }
+        .spawn(stopped)?;
         std::thread::Builder::new()
             .name("herald-store".into())
             .spawn(move || {
-                let mut evicted: Vec<EventId> = Vec::new();
-                // When the oldest waiting delete arrived.
-                let mut waiting_since: Option<Instant> = None;
-                loop {
-                    let first = match waiting_since {
-                        None => inbox.recv().ok(),
-                        Some(since) => {
-                            let left = DELETE_DELAY.saturating_sub(since.elapsed());
-                            // A timeout (or the last handle gone) writes the deletes.
-                            inbox.recv_timeout(left).ok()
-                        }
-                    };
-                    let Some(first) = first else {
-                        // Idle with deletes waiting (or stopping): write them now.
-                        if evicted.is_empty() {
-                            return;
-                        }
-                        match store.commit(&[], &[], &evicted) {
-                            Ok(()) => {
-                                evicted.clear();
-                                waiting_since = None;
-                            }
-                            Err(error) => {
-                                // Not retried: rows left behind are evicted
-                                // again when a restart applies retention.
-                                log::warn!("store: deleting evicted events: {error}");
-                                evicted.clear();
-                                waiting_since = None;
-                            }
-                        }
-                        continue;
-                    };
-                    let mut appends: Vec<(Entry, Reply)> = Vec::new();
-                    let mut next = Some(first);
-                    // Whatever queued up during the last sync shares this one.
-                    while let Some(command) = next.take() {
-                        match command {
-                            Command::Append { entry, reply } => appends.push((entry, reply)),
-                            Command::Delete(ids) => evicted.extend(ids),
-                        }
-                        if appends.len() < MAX_GROUP {
-                            next = inbox.try_recv().ok();
-                        }
-                    }
-                    if !evicted.is_empty() {
-                        waiting_since.get_or_insert_with(Instant::now);
-                    }
-                    let deletes_due = evicted.len() >= DELETE_BATCH
-                        || waiting_since.is_some_and(|since| since.elapsed() >= DELETE_DELAY);
-                    if appends.is_empty() && !deletes_due {
-                        continue;
-                    }
-                    let mut events: Vec<&Stamped> = Vec::new();
-                    let mut revoked: Vec<(String, u64)> = Vec::new();
-                    for (entry, _) in &appends {
-                        match entry {
-                            Entry::Events(group) => events.extend(group),
-                            Entry::Revoke(revocation, at) => revoked.push((revocation.key(), *at)),
-                        }
-                    }
-                    match store.commit(&events, &revoked, &evicted) {
-                        Ok(()) => {
-                            evicted.clear();
-                            waiting_since = None;
-                            let mut items = Vec::with_capacity(events.len() + revoked.len());
-                            let mut replies = Vec::with_capacity(appends.len());
-                            for (entry, reply) in appends {
-                                match entry {
-                                    Entry::Events(group) => {
-                                        items.extend(group.into_iter().map(FlowItem::Event))
-                                    }
-                                    Entry::Revoke(revocation, _) => {
-                                        items.push(FlowItem::Revoke(revocation))
-                                    }
-                                }
-                                replies.push(reply);
-                            }
-                            on_committed(items);
-                            for reply in replies {
-                                // A publisher that went away needs no answer.
-                                let _ = reply.send(Ok(()));
-                            }
-                        }
-                        Err(error) => {
-                            log::error!("store: {error}");
-                            for (_, reply) in appends {
-                                let _ = reply.send(Err(error.clone()));
-                            }
-                        }
-                    }
-                }
+                store.write(&inbox, &on_committed, &state);
+                // The syncer checkpoints once more and closes first; the
+                // store's connection, the last, then removes the WAL.
+                drop(stop_syncer);
+                let _ = syncer.join();
+                drop(store);
             })?;
         Ok(Self { commands })
     }
@@ -518,6 +611,196 @@ impl Writer {
     }
 }
 
+impl Store {
+    /// The writer's loop, until every [`Writer`] handle is gone.
+    fn write(
+        &mut self,
+        inbox: &mpsc::Receiver<Command>,
+        on_committed: &OnCommitted,
+        state: &SyncState,
+    ) {
+        let mut evicted: Vec<EventId> = Vec::new();
+        // When the oldest waiting delete arrived.
+        let mut waiting_since: Option<Instant> = None;
+        loop {
+            if state.start_over.swap(false, Ordering::AcqRel) {
+                self.checkpoint_for_start_over();
+            }
+            let first = match waiting_since {
+                None => inbox.recv().ok(),
+                Some(since) => {
+                    let left = DELETE_DELAY.saturating_sub(since.elapsed());
+                    // A timeout (or the last handle gone) writes the deletes.
+                    inbox.recv_timeout(left).ok()
+                }
+            };
+            let Some(first) = first else {
+                // Idle with deletes waiting (or stopping): write them now.
+                if evicted.is_empty() {
+                    return;
+                }
+                if let Err(error) = self.commit(&[], &[], &evicted) {
+                    // Not retried: rows left behind are evicted again when
+                    // a restart applies retention.
+                    log::warn!("store: deleting evicted events: {error}");
+                }
+                state.written.store(true, Ordering::Release);
+                evicted.clear();
+                waiting_since = None;
+                continue;
+            };
+            let mut appends: Vec<(Entry, Reply)> = Vec::new();
+            let mut next = Some(first);
+            // Whatever queued up during the last commit shares this one.
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Append { entry, reply } => appends.push((entry, reply)),
+                    Command::Delete(ids) => evicted.extend(ids),
+                }
+                if appends.len() < MAX_GROUP {
+                    next = inbox.try_recv().ok();
+                }
+            }
+            if !evicted.is_empty() {
+                waiting_since.get_or_insert_with(Instant::now);
+            }
+            let deletes_due = evicted.len() >= DELETE_BATCH
+                || waiting_since.is_some_and(|since| since.elapsed() >= DELETE_DELAY);
+            if appends.is_empty() && !deletes_due {
+                continue;
+            }
+            let mut events: Vec<&Stamped> = Vec::new();
+            let mut revoked: Vec<(String, u64)> = Vec::new();
+            for (entry, _) in &appends {
+                match entry {
+                    Entry::Events(group) => events.extend(group),
+                    Entry::Revoke(revocation, at) => revoked.push((revocation.key(), *at)),
+                }
+            }
+            match self.commit(&events, &revoked, &evicted) {
+                Ok(()) => {
+                    state.written.store(true, Ordering::Release);
+                    evicted.clear();
+                    waiting_since = None;
+                    let mut items = Vec::with_capacity(events.len() + revoked.len());
+                    let mut replies = Vec::with_capacity(appends.len());
+                    for (entry, reply) in appends {
+                        match entry {
+                            Entry::Events(group) => {
+                                items.extend(group.into_iter().map(FlowItem::Event))
+                            }
+                            Entry::Revoke(revocation, _) => {
+                                items.push(FlowItem::Revoke(revocation))
+                            }
+                        }
+                        replies.push(reply);
+                    }
+                    on_committed(items);
+                    for reply in replies {
+                        // A publisher that went away needs no answer.
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                Err(error) => {
+                    log::error!("store: {error}");
+                    for (_, reply) in appends {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checkpoints on the writer's own connection, which nobody else is
+    /// writing with: it catches up with the last frame, and the next commit
+    /// starts the WAL over (cut back to its size limit). The syncer has
+    /// copied nearly everything already; this pays its syncs once per
+    /// [`WAL_RESTART_PAGES`] written.
+    fn checkpoint_for_start_over(&mut self) {
+        if let Err(error) = checkpoint(&self.connection) {
+            log::warn!("store: checkpoint: {}", failed(&self.path, &error));
+        }
+    }
+}
+
+/// `PRAGMA wal_checkpoint(PASSIVE)`: copies what the WAL holds back into the
+/// database, after syncing the WAL, without waiting for the writer. Answers
+/// the WAL's length in pages.
+fn checkpoint(connection: &Connection) -> rusqlite::Result<i64> {
+    connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
+}
+
+/// The thread that puts what the writer committed on the disk: every
+/// `interval` after a commit, a checkpoint on its own connection (which
+/// syncs the WAL, then the database file). In `DURABILITY=process` mode the
+/// only sync of the WAL besides SQLite's own when the log starts over.
+struct Syncer {
+    path: PathBuf,
+    interval: Duration,
+    state: Arc<SyncState>,
+}
+
+impl Syncer {
+    /// Starts the thread; it checkpoints a last time and ends when `stop`'s
+    /// sender is dropped.
+    fn spawn(self, stop: mpsc::Receiver<()>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("herald-sync".into())
+            .spawn(move || self.run(&stop))
+    }
+
+    fn run(&self, stop: &mpsc::Receiver<()>) {
+        let connection = match Connection::open(&self.path).and_then(|connection| {
+            connection.busy_timeout(BUSY_TIMEOUT)?;
+            // NORMAL: a checkpoint syncs the WAL before and the database after.
+            connection.execute_batch("PRAGMA synchronous = NORMAL;")?;
+            Ok(connection)
+        }) {
+            Ok(connection) => connection,
+            Err(error) => {
+                log::error!(
+                    "store: the syncer cannot open the database, so nothing is synced \
+                     until a restart: {}",
+                    failed(&self.path, &error)
+                );
+                return;
+            }
+        };
+        // One warning per failure streak, not one per interval.
+        let mut failing = false;
+        loop {
+            let stopping = !matches!(
+                stop.recv_timeout(self.interval),
+                Err(mpsc::RecvTimeoutError::Timeout)
+            );
+            if self.state.written.swap(false, Ordering::AcqRel) || stopping {
+                match checkpoint(&connection) {
+                    Ok(pages) => {
+                        if failing {
+                            log::info!("store: syncing again");
+                            failing = false;
+                        }
+                        if pages >= WAL_RESTART_PAGES {
+                            self.state.start_over.store(true, Ordering::Release);
+                        }
+                    }
+                    Err(error) => {
+                        if !failing {
+                            log::warn!("store: sync: {}", failed(&self.path, &error));
+                            failing = true;
+                        }
+                        // Tried again at the next interval.
+                        self.state.written.store(true, Ordering::Release);
+                    }
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+}
+
 /// The embedded store as the node's event log: ids from this process's own
 /// sequence, each append written by the writer thread (shared commits), and
 /// handed to the sink once it is on disk, before its publisher is answered.
@@ -528,10 +811,12 @@ pub(crate) struct SqliteLog {
 
 impl SqliteLog {
     /// Moves `store` to its writer thread; what it commits goes to `sink`.
+    /// Its syncer runs every `sync_interval` after a commit.
     pub(crate) fn start(
         store: Store,
         sequencer: Arc<Sequencer>,
         sink: Sink,
+        sync_interval: Duration,
     ) -> std::io::Result<Self> {
         let writer = Writer::spawn(
             store,
@@ -543,6 +828,7 @@ impl SqliteLog {
                     position: None,
                 });
             }),
+            sync_interval,
         )?;
         Ok(Self { sequencer, writer })
     }
@@ -636,7 +922,8 @@ mod tests {
             channels: vec![Channel::parse("news").unwrap()].into(),
         };
         {
-            let (mut store, loaded) = Store::open(&scratch.0, EventId::new(9, 0), 0).unwrap();
+            let (mut store, loaded) =
+                Store::open(&scratch.0, EventId::new(9, 0), 0, Durability::Process).unwrap();
             assert!(loaded.events.is_empty());
             let events = [
                 stamped(1, Audience::Everyone),
@@ -651,7 +938,8 @@ mod tests {
                 .commit(&[], &[("u:alice".into(), 50)], &[EventId::new(9, 4)])
                 .unwrap();
         }
-        let (_, loaded) = Store::open(&scratch.0, EventId::new(77, 0), 0).unwrap();
+        let (_, loaded) =
+            Store::open(&scratch.0, EventId::new(77, 0), 0, Durability::Process).unwrap();
         assert_eq!(loaded.floor, EventId::new(9, 0), "the first floor is kept");
         assert_eq!(loaded.revocations, [("u:alice".to_owned(), 50)]);
         assert_eq!(
@@ -671,8 +959,9 @@ mod tests {
     #[test]
     fn a_second_process_on_the_same_directory_is_refused() {
         let scratch = Scratch::new("locked");
-        let (_first, _) = Store::open(&scratch.0, EventId::new(1, 0), 0).unwrap();
-        match Store::open(&scratch.0, EventId::new(1, 0), 0) {
+        let (_first, _) =
+            Store::open(&scratch.0, EventId::new(1, 0), 0, Durability::Process).unwrap();
+        match Store::open(&scratch.0, EventId::new(1, 0), 0, Durability::Process) {
             Err(StoreError::Unusable(message)) => {
                 assert!(message.contains("another process"), "{message}")
             }
@@ -687,9 +976,14 @@ mod tests {
     fn a_directory_that_cannot_be_created_is_named() {
         let scratch = Scratch::new("file");
         std::fs::write(&scratch.0, b"not a directory").unwrap();
-        let error = Store::open(&scratch.0.join("sub"), EventId::new(1, 0), 0)
-            .err()
-            .expect("a path under a file cannot be a directory");
+        let error = Store::open(
+            &scratch.0.join("sub"),
+            EventId::new(1, 0),
+            0,
+            Durability::Process,
+        )
+        .err()
+        .expect("a path under a file cannot be a directory");
         assert!(
             matches!(&error, StoreError::Unusable(m) if m.contains("DATA_DIR") && m.contains("sub")),
             "{error:?}"
@@ -701,7 +995,8 @@ mod tests {
     fn a_damaged_file_is_reported_not_read_past() {
         let scratch = Scratch::new("damaged");
         {
-            let (mut store, _) = Store::open(&scratch.0, EventId::new(9, 0), 0).unwrap();
+            let (mut store, _) =
+                Store::open(&scratch.0, EventId::new(9, 0), 0, Durability::Process).unwrap();
             let events: Vec<Stamped> = (1..=2000)
                 .map(|seq| stamped(seq, Audience::Everyone))
                 .collect();
@@ -720,7 +1015,7 @@ mod tests {
             *byte = 0xA5;
         }
         std::fs::write(&path, bytes).unwrap();
-        match Store::open(&scratch.0, EventId::new(9, 0), 0) {
+        match Store::open(&scratch.0, EventId::new(9, 0), 0, Durability::Process) {
             Err(StoreError::Damaged(message)) => {
                 assert!(message.contains("herald.db"), "{message}");
                 assert!(message.contains("move it aside"), "{message}");
@@ -728,5 +1023,110 @@ mod tests {
             Err(other) => panic!("expected damage to be reported, got {other:?}"),
             Ok((_, loaded)) => panic!("a damaged file was read as {} events", loaded.events.len()),
         }
+    }
+
+    #[test]
+    fn each_start_begins_past_every_earlier_epoch_and_records_the_gap() {
+        let scratch = Scratch::new("epochs");
+        let first = {
+            let (mut store, mut loaded) =
+                Store::open(&scratch.0, EventId::new(9, 0), 0, Durability::Process).unwrap();
+            let epoch = store.begin_epoch(&mut loaded).unwrap();
+            assert!(loaded.gaps.is_empty(), "a new store has lost nothing");
+            let events: Vec<Stamped> = (1..=3)
+                .map(|seq| Stamped {
+                    id: EventId::new(epoch, seq),
+                    ..stamped(seq, Audience::Everyone)
+                })
+                .collect();
+            store
+                .commit(&events.iter().collect::<Vec<_>>(), &[], &[])
+                .unwrap();
+            epoch
+        };
+        let second = {
+            let (mut store, mut loaded) =
+                Store::open(&scratch.0, EventId::new(9, 0), 0, Durability::Process).unwrap();
+            let epoch = store.begin_epoch(&mut loaded).unwrap();
+            assert!(epoch > first);
+            assert_eq!(
+                loaded.gaps,
+                [(EventId::new(first, 3), EventId::new(epoch, 0))],
+                "what the first process issued after its third event is not held"
+            );
+            // A clock set far forward once, then back: the recorded epoch wins.
+            store
+                .connection
+                .execute(
+                    "UPDATE meta SET value = ?1 WHERE key = 'epoch'",
+                    [(epoch + 10_000_000) as i64],
+                )
+                .unwrap();
+            epoch
+        };
+        let (mut store, mut loaded) =
+            Store::open(&scratch.0, EventId::new(9, 0), 0, Durability::Disk).unwrap();
+        let third = store.begin_epoch(&mut loaded).unwrap();
+        assert!(third > second + 10_000_000, "ids are never issued twice");
+        assert_eq!(loaded.gaps.len(), 2);
+    }
+
+    #[test]
+    fn the_syncer_checkpoints_what_the_writer_committed() {
+        let scratch = Scratch::new("syncer");
+        let (store, _) =
+            Store::open(&scratch.0, EventId::new(9, 0), 0, Durability::Process).unwrap();
+        let database = scratch.0.join(FILE_NAME);
+        let before = std::fs::metadata(&database).unwrap().len();
+        let (delivered, delivered_rx) = mpsc::channel();
+        let writer = Writer::spawn(
+            store,
+            Box::new(move |items| {
+                let _ = delivered.send(items.len());
+            }),
+            Duration::from_millis(20),
+        )
+        .unwrap();
+        let (reply, answer) = oneshot::channel();
+        let events: Vec<Stamped> = (1..=200)
+            .map(|seq| stamped(seq, Audience::Everyone))
+            .collect();
+        writer.append(Entry::Events(events), reply).unwrap();
+        assert_eq!(answer.blocking_recv().unwrap(), Ok(()));
+        assert_eq!(
+            delivered_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            200
+        );
+        // The commit went to the WAL; only a checkpoint copies it into the
+        // database file, and only the syncer checkpoints.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&database).unwrap().len() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "the database file never grew: no checkpoint ran"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(writer);
+        // Once the writer is gone the lock is free and everything is there.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let loaded = loop {
+            match Store::open(&scratch.0, EventId::new(9, 0), 0, Durability::Process) {
+                Ok((_, loaded)) => break loaded,
+                Err(error) => {
+                    assert!(Instant::now() < deadline, "still locked: {error}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        assert_eq!(loaded.events.len(), 200);
+        assert!(
+            !scratch.0.join(format!("{FILE_NAME}-wal")).exists()
+                || std::fs::metadata(scratch.0.join(format!("{FILE_NAME}-wal")))
+                    .unwrap()
+                    .len()
+                    == 0,
+            "a clean stop leaves no WAL to replay"
+        );
     }
 }
