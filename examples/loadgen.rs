@@ -31,6 +31,7 @@
 //! | `--scenario 4`  | 10,000 idle streams (memory per connection); then, on a fresh server with `HEARTBEAT_INTERVAL=1`, 19,000 streams held for 5 s, checking every one keeps receiving heartbeats and none is dropped |
 //! | `--scenario 5`  | connect rate of 10,000 streams, each with its own user and token (one JWT verification each) |
 //! | `--scenario 6`  | per-user delivery: 1,000 users with one stream each, 20,000 events, one per publish request, each to one user round robin, from `--publishers` (4) keep-alive connections as fast as they go |
+//! | `--scenario 7`  | 10,000 streams of one user (`u0`), all opened with one shared token allowed on every channel (`channels: ["*"]`) and no query string, on a Herald with `MAX_CONNECTIONS_PER_USER=20000` and `HEARTBEAT_INTERVAL=15`; 200 global `tick` events (`{"seq":N,"ts_us":T}`), one after another from one publisher, each request after the previous answer |
 //!
 //! Without `--scenario`, one custom run: for example
 //! `--connections 2000 --events 100 --rate 20 --target users --heartbeat-watch 5`.
@@ -43,7 +44,7 @@
 //! `--against nchan` runs the same scenarios against nginx with the nchan
 //! module (Debian: `apt-get install nginx-light libnginx-mod-nchan`), and
 //! `--compare` runs scenarios 6 (on Herald's default durable store, and again
-//! with `STORAGE=memory`), 1, 2, 4a and 5 against Herald and then nchan, one
+//! with `STORAGE=memory`), 1, 2, 7, 4a and 5 against Herald and then nchan, one
 //! after the other in one invocation, and adds a Markdown table of the two
 //! servers' figures side by side (`comparison_table` in the report, and last
 //! on stderr):
@@ -69,9 +70,10 @@
 //! per channel for 24 h (Herald's defaults), in 256 MiB of shared memory,
 //! far more than any scenario stores. Streams of targeted runs (and the
 //! runs without events) subscribe to their user's channel `u<index>`; those
-//! of global runs to `bench`. Each event is one `POST /pub/<channel>` with
-//! the same JSON data Herald's events carry, and the header
-//! `X-EventSource-Event: bench`, so streams receive the same event name; an
+//! of global runs to `bench` (scenario 7's too). Each event is one
+//! `POST /pub/<channel>` with the same JSON data Herald's events carry, and
+//! the header `X-EventSource-Event: bench` (scenario 7: `tick`), so streams
+//! receive the same event name; an
 //! answer of 201 or 202 counts as accepted, and its `active subscribers`
 //! as the recipients. nchan sends no `connected` event: a stream counts as
 //! established when its `200` response head arrives (nchan registers the
@@ -79,7 +81,9 @@
 //! Its body is neither chunked nor sized; it runs until the connection
 //! closes, which the de-chunker handles as well as chunked bodies. The
 //! heartbeat watch of scenario 4b uses nchan's pings
-//! (`nchan_eventsource_ping_interval`, whole seconds, with a comment line).
+//! (`nchan_eventsource_ping_interval`, whole seconds, with a comment line);
+//! any run that sets Herald's `HEARTBEAT_INTERVAL` (4b, 7) pings nchan's
+//! streams at that interval too.
 //!
 //! CPU and memory figures are the nginx *worker*'s, the child of the master
 //! that the tool started; each run's `measured_process` says which process
@@ -102,13 +106,17 @@
 //! request by hand, de-chunks the chunked body and parses SSE with
 //! [`herald::sse::Parser`]. Connects are bounded to `--connect-concurrency`
 //! in flight over all shards. Each connection is its own user (`u<index>`)
-//! with its own token, allowed on the channel `bench` which it joins (against
-//! nchan, see above).
+//! with its own token, allowed on the channel `bench` which it joins
+//! (`GET /api/events?channel=bench`); in scenario 7 every connection is user
+//! `u0` with one token shared by all, allowed on every channel (`*`), and
+//! asks for `GET /api/events` with no query string (against nchan, see above).
 //!
 //! The parent process mints the admin token, starts the shards, tells them to
-//! connect, publishes from `--publishers` keep-alive connections (each event's
-//! data carries its sequence number and the Unix time in nanoseconds it was
-//! sent, so receivers compute end-to-end latency), and merges the shards'
+//! connect, publishes from `--publishers` keep-alive connections (a run may
+//! fix its own number: scenario 7 uses one; each event's data carries its
+//! sequence number and the Unix time it was sent, in nanoseconds as
+//! `sent_ns`, or in microseconds as `ts_us` for scenario 7's `tick` events,
+//! so receivers compute end-to-end latency), and merges the shards'
 //! results. Against nchan, streams and publishers send no token. Parent and shards talk over pipes, one JSON line per message:
 //! the parent writes `connect`, `mark` (start of a heartbeat window) and
 //! `stop`; a shard answers `ready`, `connected`, `complete` (every connection
@@ -138,7 +146,7 @@ use clap::{Parser, ValueEnum};
 use herald::sse::{self, Frame};
 use jsonwebtoken::{EncodingKey, Header};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::LocalSet;
@@ -170,8 +178,6 @@ const NCHAN_BUFFER_LENGTH: usize = 1000;
 const NCHAN_MESSAGE_TIMEOUT: &str = "24h";
 /// Path of the `nchan_stub_status` location in the configuration the tool writes.
 const NCHAN_STATUS_PATH: &str = "/nchan_status";
-/// The name of published events; anything else a stream receives is counted apart.
-const EVENT_NAME: &str = "bench";
 /// Secret for servers the tool starts itself (they only listen on loopback).
 const DEFAULT_SECRET: &str = "loadgen-benchmark-secret-do-not-use-in-production";
 /// Environment variable through which shards receive the signing secret,
@@ -215,13 +221,13 @@ thread_local! {
     about = "Herald's load generator: SSE subscriptions, publishing, a JSON report"
 )]
 struct Cli {
-    /// A named scenario, 1 to 6 (see the module documentation); without it, one custom run.
-    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=6))]
+    /// A named scenario, 1 to 7 (see the module documentation); without it, one custom run.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=7))]
     scenario: Option<u8>,
     /// The server measured: Herald, or nginx with the nchan module.
     #[arg(long, value_enum, default_value_t = Against::Herald)]
     against: Against,
-    /// Run the comparison: scenarios 6, 1, 2, 4a and 5 against Herald (given
+    /// Run the comparison: scenarios 6, 1, 2, 7, 4a and 5 against Herald (given
     /// with --server) and nchan, one after the other, then print a Markdown table.
     #[arg(long, conflicts_with_all = ["scenario", "against", "port"], requires = "server")]
     compare: bool,
@@ -274,7 +280,8 @@ struct Cli {
     /// to judge the heartbeat watch).
     #[arg(long)]
     heartbeat_interval: Option<f64>,
-    /// Concurrent publish requests, each on its own keep-alive connection.
+    /// Concurrent publish requests, each on its own keep-alive connection
+    /// (scenario 7 always publishes from one).
     #[arg(long, default_value_t = 4)]
     publishers: usize,
     /// Connection attempts in flight at once, over all shards.
@@ -321,6 +328,74 @@ enum Target {
     Users,
 }
 
+/// Who a run's streams are and what they ask Herald for (nchan's streams
+/// carry no token and subscribe as [`nchan::channel`] says).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Streams {
+    /// Stream `i` is user `u<i>`, with its own token allowed on `bench` only,
+    /// and asks for `GET /api/events?channel=bench`.
+    OwnUser,
+    /// Every stream is user `u0`, opened with one token shared by all and
+    /// allowed on every channel (`channels: ["*"]`, no roles), and asks for
+    /// `GET /api/events` with no query string.
+    OneUserWildcard,
+}
+
+impl Streams {
+    /// The user and the `channels` claim of stream `index`'s token.
+    fn identity(self, index: usize) -> (String, &'static [&'static str]) {
+        match self {
+            Streams::OwnUser => (user_of(index), &[CHANNEL]),
+            Streams::OneUserWildcard => (user_of(0), &["*"]),
+        }
+    }
+
+    /// The path a stream requests from Herald.
+    fn path(self) -> String {
+        match self {
+            Streams::OwnUser => format!("/api/events?channel={CHANNEL}"),
+            Streams::OneUserWildcard => "/api/events".to_owned(),
+        }
+    }
+}
+
+/// What a run's events are called and what their data carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Payload {
+    /// `bench` events with data `{"seq":N,"sent_ns":T}` (Unix nanoseconds).
+    Bench,
+    /// `tick` events with data `{"seq":N,"ts_us":T}` (Unix microseconds).
+    Tick,
+}
+
+impl Payload {
+    /// The event name published, and the only one receivers count as the run's.
+    fn event_name(self) -> &'static str {
+        match self {
+            Payload::Bench => "bench",
+            Payload::Tick => "tick",
+        }
+    }
+
+    /// The data of event `seq`, sent at `now_ns` (Unix nanoseconds).
+    fn stamp(self, seq: u64, now_ns: u64) -> Stamp {
+        match self {
+            Payload::Bench => Stamp {
+                seq,
+                sent_ns: Some(now_ns),
+                ts_us: None,
+            },
+            Payload::Tick => Stamp {
+                seq,
+                sent_ns: None,
+                ts_us: Some(now_ns / 1000),
+            },
+        }
+    }
+}
+
 /// One run: a fresh server (when the tool starts it), N streams, M events.
 #[derive(Clone, Debug)]
 struct RunSpec {
@@ -337,6 +412,12 @@ struct RunSpec {
     heartbeat_interval: Option<f64>,
     /// Watch heartbeats on every stream for this long after connecting.
     heartbeat_watch: Option<Duration>,
+    /// Who the streams are, and what they request.
+    streams: Streams,
+    /// The events' name and data.
+    payload: Payload,
+    /// Publishers for this run, whatever `--publishers` says; `None`: `--publishers`.
+    publishers: Option<usize>,
 }
 
 impl RunSpec {
@@ -351,6 +432,9 @@ impl RunSpec {
             target: Target::Everyone,
             heartbeat_interval: None,
             heartbeat_watch: None,
+            streams: Streams::OwnUser,
+            payload: Payload::Bench,
+            publishers: None,
         }
     }
 }
@@ -404,12 +488,29 @@ fn scenario_runs(number: u8, heartbeat_interval: Option<f64>) -> Vec<RunSpec> {
                 0,
             )
         }],
-        _ => vec![RunSpec {
+        6 => vec![RunSpec {
             target: Target::Users,
             ..RunSpec::new(
                 "scenario 6: per-user delivery, 1,000 users, 20,000 events one per request (round robin)",
                 1_000,
                 20_000,
+            )
+        }],
+        // 7 (the command line allows 1 to 7). The fan-out of scenario 2, but
+        // every stream is one user's, on a token allowed on every channel and
+        // asking for none, and one publisher sends each event after the
+        // previous answer. HEARTBEAT_INTERVAL reaches the server as scenario
+        // 4b's does (from `heartbeat_interval`, which also pings nchan's streams).
+        _ => vec![RunSpec {
+            server_env: vec![("MAX_CONNECTIONS_PER_USER".into(), "20000".into())],
+            heartbeat_interval: Some(heartbeat_interval.unwrap_or(15.0)),
+            streams: Streams::OneUserWildcard,
+            payload: Payload::Tick,
+            publishers: Some(1),
+            ..RunSpec::new(
+                "scenario 7: 10,000 streams of one user, 200 global events one after another",
+                10_000,
+                200,
             )
         }],
     }
@@ -427,6 +528,8 @@ enum Workload {
     FanOut1k,
     /// Scenario 2.
     FanOut10k,
+    /// Scenario 7.
+    FanOut10kOneUser,
     /// Scenario 4a.
     Idle,
     /// Scenario 5.
@@ -442,6 +545,7 @@ fn comparison_runs() -> Vec<(Workload, RunSpec)> {
         (Workload::PerUserMemory, first(6)),
         (Workload::FanOut1k, first(1)),
         (Workload::FanOut10k, first(2)),
+        (Workload::FanOut10kOneUser, first(7)),
         (Workload::Idle, first(4)),
         (Workload::Connect, first(5)),
     ] {
@@ -773,7 +877,7 @@ fn comparison_table(runs: &[(Workload, Against, Option<Figures>)]) -> String {
             .find(|(w, a, _)| *w == workload && *a == against)
             .map(|(_, _, figures)| figures.as_ref())
     };
-    let rows: [(Workload, &str, Pick, usize); 9] = [
+    let rows: [(Workload, &str, Pick, usize); 11] = [
         (
             Workload::PerUser,
             "per-user delivery, 1,000 users, 20,000 events: events/s",
@@ -815,6 +919,18 @@ fn comparison_table(runs: &[(Workload, Against, Option<Figures>)]) -> String {
             "fan-out, 10,000 streams, as fast as possible: deliveries/s",
             |f| f.deliveries_per_sec,
             0,
+        ),
+        (
+            Workload::FanOut10kOneUser,
+            "fan-out, 10,000 streams of one user, 200 global events one after another: deliveries/s",
+            |f| f.deliveries_per_sec,
+            0,
+        ),
+        (
+            Workload::FanOut10kOneUser,
+            "fan-out, 10,000 streams of one user: server CPU µs/delivery",
+            |f| f.cpu_us_per_delivery,
+            2,
         ),
         (
             Workload::Idle,
@@ -927,13 +1043,14 @@ struct Claims<'a> {
     channels: &'a [&'a str],
 }
 
-/// An HS256 token for `user`; admins may publish and read stats.
-fn mint_token(secret: &str, user: &str, admin: bool) -> Result<String, String> {
+/// An HS256 token for `user`, allowed on `channels`; admins may publish and
+/// read stats.
+fn mint_token(secret: &str, user: &str, admin: bool, channels: &[&str]) -> Result<String, String> {
     let claims = Claims {
         sub: user,
         exp: unix_nanos() / 1_000_000_000 + TOKEN_TTL_SECS,
         roles: if admin { &["admin"] } else { &[] },
-        channels: &[CHANNEL],
+        channels,
     };
     jsonwebtoken::encode(
         &Header::default(),
@@ -963,12 +1080,55 @@ fn expected_events(target: Target, events: usize, users: usize, index: usize) ->
     }
 }
 
-/// What a published event's data carries.
-#[derive(Serialize, Deserialize)]
+/// What a published event's data carries: its sequence number and when the
+/// publish request was written, in one of two units (see [`Payload`]):
+/// `{"seq":N,"sent_ns":T}` or `{"seq":N,"ts_us":T}`. Receivers accept either.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Stamp {
     seq: u64,
-    /// When the publish request was written, in Unix nanoseconds.
-    sent_ns: u64,
+    /// In Unix nanoseconds (`bench` events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sent_ns: Option<u64>,
+    /// In Unix microseconds (`tick` events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ts_us: Option<u64>,
+}
+
+impl Stamp {
+    /// When the event was sent, in Unix nanoseconds, from whichever field
+    /// carries it; `None` when neither does (the data is malformed).
+    fn sent_at_ns(&self) -> Option<u64> {
+        self.sent_ns
+            .or_else(|| self.ts_us.map(|micros| micros.saturating_mul(1000)))
+    }
+}
+
+/// What a frame a stream received is to its run.
+#[derive(Debug, PartialEq, Eq)]
+enum Reading {
+    /// One of the run's events: its sequence number, and when it was sent
+    /// (Unix nanoseconds).
+    Event { seq: u64, sent_ns: u64 },
+    /// An event of the run's name whose data is unreadable or carries no time.
+    Malformed,
+    /// An event of another name (`token-expired`, …).
+    Other,
+}
+
+/// Reads `frame` as an event of a run whose events are `payload`'s.
+fn read_frame(payload: Payload, frame: &Frame) -> Reading {
+    if frame.event != payload.event_name() {
+        return Reading::Other;
+    }
+    serde_json::from_str::<Stamp>(&frame.data)
+        .ok()
+        .and_then(|stamp| {
+            Some(Reading::Event {
+                seq: stamp.seq,
+                sent_ns: stamp.sent_at_ns()?,
+            })
+        })
+        .unwrap_or(Reading::Malformed)
 }
 
 /// Latencies in microseconds, in log-linear buckets (under 1 % error), that
@@ -1913,6 +2073,10 @@ struct ShardPlan {
     /// What the run publishes, from which each stream's expected count follows.
     events: usize,
     target: Target,
+    /// Who the streams are and what they request (Herald).
+    streams: Streams,
+    /// The event name counted, and the data it carries.
+    payload: Payload,
     /// Streams in the whole run: the round robin of targeted events goes over them.
     users: usize,
     /// This shard's share of the connection attempts in flight.
@@ -1963,7 +2127,7 @@ struct ShardResult {
     extra_deliveries: u64,
     /// Events that arrived with a sequence number not above the previous one.
     out_of_order: u64,
-    /// `bench` events whose data could not be read.
+    /// Events of the run's name (`bench`, `tick`) whose data could not be read.
     malformed: u64,
     /// Events with another name (`token-expired`, …).
     other_events: u64,
@@ -2001,9 +2165,10 @@ mod shard {
     /// One stream as its shard tracks it; lives until the shard exits.
     #[derive(Default)]
     struct StreamState {
-        /// `bench` events this stream should receive in the run.
+        /// The run's events (named as its [`Payload`] says) this stream
+        /// should receive.
         expected: u64,
-        /// `bench` events it has received.
+        /// The run's events it has received.
         received: u64,
         /// Sequence number of the last one, to spot reordering and repeats.
         last_seq: Option<u64>,
@@ -2126,15 +2291,7 @@ mod shard {
         system::raise_open_file_limit()?;
         let secret = std::env::var(SECRET_VARIABLE)
             .map_err(|_| format!("a shard needs {SECRET_VARIABLE}"))?;
-        // nchan checks no token: its streams send none.
-        let tokens = (0..plan.connections)
-            .map(|local| match plan.against {
-                Against::Herald => {
-                    mint_token(&secret, &user_of(plan.first_connection + local), false)
-                }
-                Against::Nchan => Ok(String::new()),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let tokens = tokens(&plan, &secret)?;
 
         // Commands arrive on stdin; a thread turns its lines into messages.
         // End of input (the parent is gone) reads as `stop`.
@@ -2175,6 +2332,44 @@ mod shard {
         LocalSet::new().block_on(&runtime, control(shard, tokens, commands))
     }
 
+    /// The token of each of the plan's streams. nchan checks no token: its
+    /// streams send none. Streams of one user share one token, minted once.
+    pub(crate) fn tokens(plan: &ShardPlan, secret: &str) -> Result<Vec<Rc<str>>, String> {
+        let mint = |index: usize| {
+            let (user, channels) = plan.streams.identity(index);
+            mint_token(secret, &user, false, channels).map(Rc::from)
+        };
+        match (plan.against, plan.streams) {
+            (Against::Nchan, _) => Ok(vec![Rc::from(""); plan.connections]),
+            (Against::Herald, Streams::OneUserWildcard) => {
+                Ok(vec![mint(plan.first_connection)?; plan.connections])
+            }
+            (Against::Herald, Streams::OwnUser) => (0..plan.connections)
+                .map(|local| mint(plan.first_connection + local))
+                .collect(),
+        }
+    }
+
+    /// The request that opens stream `index` (run-wide) on `server`.
+    pub(crate) fn stream_request(
+        plan: &ShardPlan,
+        index: usize,
+        server: SocketAddr,
+        token: &str,
+    ) -> String {
+        match plan.against {
+            Against::Herald => format!(
+                "GET {} HTTP/1.1\r\nHost: {server}\r\n\
+                 Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n",
+                plan.streams.path(),
+            ),
+            Against::Nchan => format!(
+                "GET /sub/{} HTTP/1.1\r\nHost: {server}\r\nAccept: text/event-stream\r\n\r\n",
+                nchan::channel(plan.target, index),
+            ),
+        }
+    }
+
     fn emit(message: &ShardMessage) -> Result<(), String> {
         let line = serde_json::to_string(message).map_err(|e| e.to_string())?;
         writeln!(io::stdout().lock(), "{line}").map_err(|e| format!("writing to the parent: {e}"))
@@ -2182,7 +2377,7 @@ mod shard {
 
     async fn control(
         shard: Rc<Shard>,
-        tokens: Vec<String>,
+        tokens: Vec<Rc<str>>,
         mut commands: mpsc::UnboundedReceiver<String>,
     ) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs_f64(shard.plan.timeout_secs);
@@ -2237,7 +2432,7 @@ mod shard {
     }
 
     /// One stream, from its connection attempt to its end.
-    async fn subscribe(shard: Rc<Shard>, local: usize, token: String) {
+    async fn subscribe(shard: Rc<Shard>, local: usize, token: Rc<str>) {
         let opened = match shard.connect_slots.acquire().await {
             Ok(_slot) => {
                 let began = Instant::now();
@@ -2309,18 +2504,7 @@ mod shard {
         stream
             .set_nodelay(true)
             .map_err(|e| Failure::io("TCP_NODELAY", e))?;
-        let request = match plan.against {
-            Against::Herald => format!(
-                "GET /api/events?channel={CHANNEL} HTTP/1.1\r\nHost: {}\r\n\
-                 Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n",
-                shard.server
-            ),
-            Against::Nchan => format!(
-                "GET /sub/{} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-                nchan::channel(plan.target, plan.first_connection + local),
-                shard.server
-            ),
-        };
+        let request = stream_request(plan, plan.first_connection + local, shard.server, token);
         wire::write_all(&stream, request.as_bytes())
             .await
             .map_err(|e| Failure::io("write", e))?;
@@ -2413,26 +2597,27 @@ mod shard {
             let now = unix_nanos();
             let mut totals = self.totals.borrow_mut();
             for frame in frames {
-                if frame.event != EVENT_NAME {
-                    totals.result.other_events += 1;
-                    continue;
-                }
-                let Ok(stamp) = serde_json::from_str::<Stamp>(&frame.data) else {
-                    totals.result.malformed += 1;
-                    continue;
+                let (seq, sent_ns) = match read_frame(self.plan.payload, frame) {
+                    Reading::Event { seq, sent_ns } => (seq, sent_ns),
+                    Reading::Malformed => {
+                        totals.result.malformed += 1;
+                        continue;
+                    }
+                    Reading::Other => {
+                        totals.result.other_events += 1;
+                        continue;
+                    }
                 };
-                if stream.last_seq.is_some_and(|last| stamp.seq <= last) {
+                if stream.last_seq.is_some_and(|last| seq <= last) {
                     totals.result.out_of_order += 1;
                 }
-                stream.last_seq = Some(stamp.seq);
+                stream.last_seq = Some(seq);
                 stream.received += 1;
                 if stream.received == stream.expected {
                     totals.completed += 1;
                     self.progress.notify_one();
                 }
-                totals
-                    .latency
-                    .record(now.saturating_sub(stamp.sent_ns) / 1000);
+                totals.latency.record(now.saturating_sub(sent_ns) / 1000);
                 totals.result.last_delivery_ns = now;
             }
         }
@@ -3068,7 +3253,7 @@ mod orchestrator {
     }
 
     /// The shards of a run: streams split evenly, at most `per_process` each.
-    fn plans(spec: &RunSpec, options: &Options, port: u16) -> Vec<ShardPlan> {
+    pub(crate) fn plans(spec: &RunSpec, options: &Options, port: u16) -> Vec<ShardPlan> {
         let count = spec.connections.div_ceil(options.per_process).max(1);
         let concurrency = options.connect_concurrency.div_ceil(count);
         let mut first = 0;
@@ -3084,6 +3269,8 @@ mod orchestrator {
                     port,
                     events: spec.events,
                     target: spec.target,
+                    streams: spec.streams,
+                    payload: spec.payload,
                     users: spec.connections,
                     connect_concurrency: concurrency,
                     source_addresses: options.source_addresses,
@@ -3111,6 +3298,18 @@ mod orchestrator {
         }
     }
 
+    /// The environment of a Herald started for `spec`: `base` (`--server-env`),
+    /// then the run's own `server_env`, then its HEARTBEAT_INTERVAL; a later
+    /// setting of the same name wins.
+    pub(crate) fn herald_env(base: &[(String, String)], spec: &RunSpec) -> Vec<(String, String)> {
+        let mut env = base.to_vec();
+        env.extend(spec.server_env.iter().cloned());
+        if let Some(interval) = spec.heartbeat_interval {
+            env.push(("HEARTBEAT_INTERVAL".into(), interval.to_string()));
+        }
+        env
+    }
+
     /// One run, start to end.
     pub async fn run(spec: &RunSpec, options: &Options) -> Result<RunReport, String> {
         let deadline = Instant::now() + options.timeout;
@@ -3121,11 +3320,7 @@ mod orchestrator {
         .ok_or_else(|| format!("no {} server to run against", spec.against.name()))?;
         let (mut server, port, server_pid, measured) = match target {
             ServerTarget::Spawn { binary, core, env } => {
-                let mut env = env.clone();
-                env.extend(spec.server_env.iter().cloned());
-                if let Some(interval) = spec.heartbeat_interval {
-                    env.push(("HEARTBEAT_INTERVAL".into(), interval.to_string()));
-                }
+                let env = herald_env(env, spec);
                 let server = ServerProcess::start(binary, *core, &options.secret, &env)?;
                 let (port, pid) = (server.port, server.pid());
                 let measured = format!("herald (pid {pid})");
@@ -3157,7 +3352,7 @@ mod orchestrator {
                 (None, *port, *pid, measured)
             }
         };
-        let admin = mint_token(&options.secret, "loadgen-admin", true)?;
+        let admin = mint_token(&options.secret, "loadgen-admin", true, &[CHANNEL])?;
         // Checks the admin token (Herald) and warms the server up before
         // anything is measured.
         match spec.against {
@@ -3229,9 +3424,13 @@ mod orchestrator {
         // Publish, and wait for the deliveries.
         let mut publishing = None;
         if spec.events > 0 {
-            eprintln!("loadgen: publishing {} events", spec.events);
+            let publishers = spec.publishers.unwrap_or(options.publishers).max(1);
+            eprintln!(
+                "loadgen: publishing {} events from {publishers} publisher(s)",
+                spec.events
+            );
             let start = sample();
-            let published = publish(port, &admin, spec, options.publishers, deadline).await;
+            let published = publish(port, &admin, spec, publishers, deadline).await;
             let published_at = Instant::now();
             let drain_deadline = deadline.min(published_at + DRAIN_TIMEOUT);
             let complete = shards
@@ -3251,7 +3450,7 @@ mod orchestrator {
                 events: spec.events,
                 target: spec.target,
                 rate_per_sec_asked: spec.rate,
-                publishers: options.publishers.min(spec.events),
+                publishers: publishers.min(spec.events),
                 accepted: published.accepted,
                 failed: published.failed,
                 first_error: published.first_error.clone(),
@@ -3605,40 +3804,50 @@ mod orchestrator {
         pub body: Vec<u8>,
     }
 
+    /// The body of `POST /api/send`, its fields in this order.
+    #[derive(Serialize)]
+    struct SendBody<'a> {
+        event: &'a str,
+        data: &'a Stamp,
+        /// The one user a targeted event is for; absent for a global event.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+    }
+
     impl PublishRequest {
         /// Herald: `POST /api/send` with the admin token and
-        /// `{"event":"bench","data":{"seq":…,"sent_ns":…}}`, and `"user"` when
+        /// `{"event":"bench","data":{"seq":…,"sent_ns":…}}` (scenario 7:
+        /// `{"event":"tick","data":{"seq":…,"ts_us":…}}`), and `"user"` when
         /// targeted. nchan: `POST /pub/<channel>` (`bench`, or the user's),
         /// the same data as the body, and the event name in
-        /// `X-EventSource-Event`, so streams receive `event: bench` as from Herald.
+        /// `X-EventSource-Event`, so streams receive the same `event:` as from
+        /// Herald. The data's time is now, as the request is about to be written.
         pub fn new(seq: usize, spec: &RunSpec, admin: &str) -> Self {
-            let data = Stamp {
-                seq: seq as u64,
-                sent_ns: unix_nanos(),
-            };
+            Self::at(seq, spec, admin, unix_nanos())
+        }
+
+        /// The request for event `seq` sent at `now_ns` (Unix nanoseconds).
+        pub fn at(seq: usize, spec: &RunSpec, admin: &str, now_ns: u64) -> Self {
+            let data = spec.payload.stamp(seq as u64, now_ns);
+            let event = spec.payload.event_name();
             let user = seq % spec.connections.max(1);
             match spec.against {
-                Against::Herald => {
-                    let body = match spec.target {
-                        Target::Everyone => json!({ "event": EVENT_NAME, "data": data }),
-                        Target::Users => json!({
-                            "event": EVENT_NAME,
-                            "data": data,
-                            "user": user_of(user),
-                        }),
-                    };
-                    Self {
-                        path: "/api/send".into(),
-                        headers: vec![wire::bearer(admin)],
-                        content_type: "application/json",
-                        body: body.to_string().into_bytes(),
-                    }
-                }
+                Against::Herald => Self {
+                    path: "/api/send".into(),
+                    headers: vec![wire::bearer(admin)],
+                    content_type: "application/json",
+                    body: serde_json::to_vec(&SendBody {
+                        event,
+                        data: &data,
+                        user: (spec.target == Target::Users).then(|| user_of(user)),
+                    })
+                    .expect("a publish body always serializes"),
+                },
                 Against::Nchan => Self {
                     path: format!("/pub/{}", nchan::channel(spec.target, user)),
-                    headers: vec![format!("X-EventSource-Event: {EVENT_NAME}")],
+                    headers: vec![format!("X-EventSource-Event: {event}")],
                     content_type: "application/json",
-                    body: json!(data).to_string().into_bytes(),
+                    body: serde_json::to_vec(&data).expect("a stamp always serializes"),
                 },
             }
         }
@@ -3647,9 +3856,10 @@ mod orchestrator {
 
 #[cfg(test)]
 mod tests {
-    use super::orchestrator::{accepted, recipients, PublishRequest};
+    use super::orchestrator::{accepted, herald_env, plans, recipients, PublishRequest};
     use super::wire::{parse_head, BodyDecoder, ChunkedDecoder, Head};
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn stream_bodies_decode_chunked_with_a_length_or_until_close() {
@@ -3780,7 +3990,8 @@ mod tests {
         assert_eq!(request.headers, ["X-EventSource-Event: bench"]);
         let stamp: Stamp = serde_json::from_slice(&request.body).unwrap();
         assert_eq!(stamp.seq, 13);
-        assert!(stamp.sent_ns > 0);
+        assert!(stamp.sent_ns.is_some_and(|ns| ns > 0));
+        assert_eq!(stamp.ts_us, None);
 
         let everyone = RunSpec {
             target: Target::Everyone,
@@ -3835,6 +4046,8 @@ mod tests {
                 (FanOut1k, Nchan, 1_000, 200),
                 (FanOut10k, Herald, 10_000, 200),
                 (FanOut10k, Nchan, 10_000, 200),
+                (FanOut10kOneUser, Herald, 10_000, 200),
+                (FanOut10kOneUser, Nchan, 10_000, 200),
                 (Idle, Herald, 10_000, 0),
                 (Idle, Nchan, 10_000, 0),
                 (Connect, Herald, 10_000, 0),
@@ -3844,7 +4057,27 @@ mod tests {
         assert_eq!(runs[2].1.server_env, [("STORAGE".into(), "memory".into())]);
         assert!(runs
             .iter()
-            .all(|(w, spec)| *w == PerUserMemory || spec.server_env.is_empty()));
+            .all(|(w, spec)| matches!(w, PerUserMemory | FanOut10kOneUser)
+                || spec.server_env.is_empty()));
+        // Scenario 7's runs keep its own settings on both servers.
+        for (_, spec) in runs.iter().filter(|(w, _)| *w == FanOut10kOneUser) {
+            assert_eq!(
+                spec.server_env,
+                [("MAX_CONNECTIONS_PER_USER".into(), "20000".into())]
+            );
+            assert_eq!(spec.heartbeat_interval, Some(15.0));
+            assert_eq!(spec.publishers, Some(1));
+            assert_eq!(spec.streams, Streams::OneUserWildcard);
+            assert_eq!(spec.payload, Payload::Tick);
+            assert_eq!(spec.target, Target::Everyone);
+            assert_eq!(spec.rate, None);
+        }
+        assert!(runs
+            .iter()
+            .filter(|(w, _)| *w != FanOut10kOneUser)
+            .all(|(_, spec)| spec.streams == Streams::OwnUser
+                && spec.payload == Payload::Bench
+                && spec.publishers.is_none()));
         assert_eq!(runs[0].1.target, Target::Users);
         assert_eq!(runs[3].1.rate, Some(50.0));
         assert_eq!(runs[5].1.rate, None);
@@ -3919,7 +4152,241 @@ mod tests {
             &"| loss, all runs above | 0 of 40,000 lost; 0 stream(s) failed or dropped; \
               1 run(s) failed | 5 of 40,000 lost; 0 stream(s) failed or dropped | — |"
         );
-        assert_eq!(lines.len(), 2 + 9 + 1);
+        // Scenario 7's rows follow scenario 2's; not run, they show dashes.
+        assert!(
+            lines[9].starts_with("| fan-out, 10,000 streams of one user, 200 global events")
+                && lines[9].ends_with("| — | — | — |"),
+            "{}",
+            lines[9]
+        );
+        assert!(lines[10].contains("one user: server CPU µs/delivery"));
+        assert_eq!(lines.len(), 2 + 11 + 1);
+    }
+
+    /// Scenario 7's one run, as `--scenario 7` gives it.
+    fn scenario_7() -> RunSpec {
+        let mut runs = scenario_runs(7, None);
+        assert_eq!(runs.len(), 1);
+        runs.remove(0)
+    }
+
+    fn options() -> Options {
+        Options {
+            herald: None,
+            nchan: None,
+            secret: "test-secret".into(),
+            publishers: 4,
+            connect_concurrency: 256,
+            per_process: 10_000,
+            source_addresses: 64,
+            server_core: 0,
+            tool_core: 1,
+            timeout: Duration::from_secs(120),
+        }
+    }
+
+    #[test]
+    fn scenario_7_is_one_users_fan_out_from_one_publisher() {
+        let spec = scenario_7();
+        assert!(spec
+            .label
+            .starts_with("scenario 7: 10,000 streams of one user"));
+        assert_eq!((spec.connections, spec.events), (10_000, 200));
+        assert_eq!((spec.target, spec.rate), (Target::Everyone, None));
+        assert_eq!(spec.publishers, Some(1));
+        assert_eq!(spec.heartbeat_watch, None);
+        // The started Herald's environment: --server-env first, then the run's.
+        let base = [("RUST_LOG".to_owned(), "debug".to_owned())];
+        let env = herald_env(&base, &spec);
+        assert_eq!(
+            env,
+            [
+                ("RUST_LOG".into(), "debug".into()),
+                ("MAX_CONNECTIONS_PER_USER".into(), "20000".into()),
+                ("HEARTBEAT_INTERVAL".into(), "15".into()),
+            ]
+        );
+        // --heartbeat-interval sets it, as for scenario 4b.
+        assert_eq!(scenario_runs(7, Some(2.5))[0].heartbeat_interval, Some(2.5));
+        // Scenario 2 keeps its own shape.
+        let two = scenario_runs(2, None).remove(0);
+        assert_eq!(
+            (two.streams, two.payload, two.publishers),
+            (Streams::OwnUser, Payload::Bench, None)
+        );
+        assert!(herald_env(&[], &two).is_empty());
+    }
+
+    #[test]
+    fn scenario_7_publishes_tick_with_ts_us() {
+        let now_ns = 1_765_000_000_123_456_789;
+        let herald = scenario_7();
+        let request = PublishRequest::at(41, &herald, "admin-token", now_ns);
+        assert_eq!(request.path, "/api/send");
+        assert_eq!(request.headers, ["Authorization: Bearer admin-token"]);
+        assert_eq!(request.content_type, "application/json");
+        assert_eq!(
+            String::from_utf8(request.body).unwrap(),
+            r#"{"event":"tick","data":{"seq":41,"ts_us":1765000000123456}}"#
+        );
+
+        let nchan = RunSpec {
+            against: Against::Nchan,
+            ..herald
+        };
+        let request = PublishRequest::at(41, &nchan, "admin-token", now_ns);
+        assert_eq!(request.path, "/pub/bench");
+        assert_eq!(request.headers, ["X-EventSource-Event: tick"]);
+        assert_eq!(
+            String::from_utf8(request.body).unwrap(),
+            r#"{"seq":41,"ts_us":1765000000123456}"#
+        );
+
+        // The `now` variant stamps the current time, in microseconds.
+        let before = unix_nanos() / 1000;
+        let body: Value =
+            serde_json::from_slice(&PublishRequest::new(0, &scenario_7(), "t").body).unwrap();
+        let ts_us = body["data"]["ts_us"].as_u64().unwrap();
+        assert!(ts_us >= before && ts_us <= unix_nanos() / 1000);
+        assert!(body["data"].get("sent_ns").is_none() && body.get("user").is_none());
+
+        // Scenario 2's body has its `bench` shape.
+        let two = scenario_runs(2, None).remove(0);
+        assert_eq!(
+            String::from_utf8(PublishRequest::at(5, &two, "t", 7_000).body).unwrap(),
+            r#"{"event":"bench","data":{"seq":5,"sent_ns":7000}}"#
+        );
+    }
+
+    #[test]
+    fn scenario_7_streams_share_one_wildcard_token_and_ask_for_no_channel() {
+        let server: SocketAddr = "127.0.0.1:4100".parse().unwrap();
+        let options = Options {
+            per_process: 4,
+            ..options()
+        };
+        let spec = RunSpec {
+            connections: 10,
+            ..scenario_7()
+        };
+        let shard_plans = plans(&spec, &options, 4100);
+        assert_eq!(shard_plans.len(), 3);
+        let plan = &shard_plans[1];
+        assert_eq!(
+            (plan.streams, plan.payload, plan.target),
+            (Streams::OneUserWildcard, Payload::Tick, Target::Everyone)
+        );
+        // The plan survives its trip to the shard as JSON.
+        let plan: ShardPlan = serde_json::from_str(&serde_json::to_string(plan).unwrap()).unwrap();
+        assert_eq!(plan.streams, Streams::OneUserWildcard);
+        assert_eq!(plan.payload, Payload::Tick);
+
+        let request = shard::stream_request(&plan, plan.first_connection, server, "tok");
+        assert_eq!(
+            request,
+            "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1:4100\r\n\
+             Authorization: Bearer tok\r\nAccept: text/event-stream\r\n\r\n"
+        );
+
+        let tokens = shard::tokens(&plan, &options.secret).unwrap();
+        assert_eq!(tokens.len(), plan.connections);
+        assert!(tokens.iter().all(|token| Rc::ptr_eq(token, &tokens[0])));
+        let claims = claims_of(&tokens[0], &options.secret);
+        assert_eq!(claims["sub"], "u0");
+        assert_eq!(claims["channels"], json!(["*"]));
+        assert_eq!(claims["roles"], json!([]));
+
+        // Against nchan, the streams of a global run subscribe to `bench`
+        // and carry no token.
+        let nchan_plan = ShardPlan {
+            against: Against::Nchan,
+            ..plan.clone()
+        };
+        assert!(shard::stream_request(&nchan_plan, 5, server, "")
+            .starts_with("GET /sub/bench HTTP/1.1\r\n"));
+        assert!(shard::tokens(&nchan_plan, &options.secret)
+            .unwrap()
+            .iter()
+            .all(|token| token.is_empty()));
+    }
+
+    #[test]
+    fn other_runs_open_one_user_per_stream_on_bench() {
+        let server: SocketAddr = "127.0.0.1:4100".parse().unwrap();
+        let spec = RunSpec::new("test", 3, 10);
+        let plan = plans(&spec, &options(), 4100).remove(0);
+        assert!(shard::stream_request(&plan, 2, server, "tok")
+            .starts_with("GET /api/events?channel=bench HTTP/1.1\r\n"));
+        let tokens = shard::tokens(&plan, "test-secret").unwrap();
+        for (index, token) in tokens.iter().enumerate() {
+            let claims = claims_of(token, "test-secret");
+            assert_eq!(claims["sub"], user_of(index));
+            assert_eq!(claims["channels"], json!(["bench"]));
+        }
+    }
+
+    /// The claims of a token the tool minted, its signature checked.
+    fn claims_of(token: &str, secret: &str) -> Value {
+        use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+        decode::<Value>(
+            token,
+            &DecodingKey::from_secret(secret.as_bytes()),
+            &Validation::new(Algorithm::HS256),
+        )
+        .unwrap()
+        .claims
+    }
+
+    #[test]
+    fn stamps_are_read_in_nanoseconds_or_microseconds() {
+        let frame = |event: &str, data: &str| Frame {
+            id: None,
+            event: event.into(),
+            data: data.into(),
+        };
+        // Both shapes parse; `ts_us` reads as nanoseconds.
+        let nanos: Stamp = serde_json::from_str(r#"{"seq":3,"sent_ns":1500}"#).unwrap();
+        assert_eq!((nanos.seq, nanos.sent_at_ns()), (3, Some(1500)));
+        let micros: Stamp = serde_json::from_str(r#"{"seq":4,"ts_us":1500}"#).unwrap();
+        assert_eq!((micros.seq, micros.sent_at_ns()), (4, Some(1_500_000)));
+        let neither: Stamp = serde_json::from_str(r#"{"seq":5}"#).unwrap();
+        assert_eq!(neither.sent_at_ns(), None);
+
+        assert_eq!(
+            read_frame(Payload::Tick, &frame("tick", r#"{"seq":7,"ts_us":2}"#)),
+            Reading::Event {
+                seq: 7,
+                sent_ns: 2_000
+            }
+        );
+        assert_eq!(
+            read_frame(Payload::Bench, &frame("bench", r#"{"seq":7,"sent_ns":2}"#)),
+            Reading::Event { seq: 7, sent_ns: 2 }
+        );
+        // Either unit is accepted whatever the run's event name.
+        assert_eq!(
+            read_frame(Payload::Bench, &frame("bench", r#"{"seq":1,"ts_us":2}"#)),
+            Reading::Event {
+                seq: 1,
+                sent_ns: 2_000
+            }
+        );
+        // Each run counts only its own event name.
+        assert_eq!(
+            read_frame(Payload::Tick, &frame("bench", r#"{"seq":7,"sent_ns":2}"#)),
+            Reading::Other
+        );
+        assert_eq!(
+            read_frame(Payload::Bench, &frame("tick", r#"{"seq":7,"ts_us":2}"#)),
+            Reading::Other
+        );
+        for data in [r#"{"seq":7}"#, "not json", r#"{"ts_us":2}"#] {
+            assert_eq!(
+                read_frame(Payload::Tick, &frame("tick", data)),
+                Reading::Malformed,
+                "{data}"
+            );
+        }
     }
 
     #[test]
