@@ -1,16 +1,20 @@
 //! `Application`: binds the listener, builds the event log, starts the
 //! Broadcaster on an arbiter of its own, serves, stops.
 
-use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Addr, Arbiter};
 use actix_cors::Cors;
+use actix_http::Extensions;
+use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_tls::accept::rustls_0_23::TlsStream;
+use actix_web::dev::AppConfig;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{Condition, Logger};
-use actix_web::{http, web, App, HttpServer};
+use actix_web::rt::net::TcpStream;
+use actix_web::{http, web, App};
 
 use crate::auth::{Auth, Verifier};
 use crate::broadcaster::{
@@ -32,6 +36,24 @@ use crate::tls::Certificates;
 
 /// Extra seconds past the drain window before remaining connections are cut.
 const SHUTDOWN_GRACE_SECS: u64 = 3;
+
+/// The HTTP settings of both listeners, as actix-web's `HttpServer` would
+/// make them (a macro: the two builders differ in their connection type).
+/// `$stopping` is the server's graceful-shutdown signal: idle keep-alive
+/// connections close when it fires.
+macro_rules! http_settings {
+    ($stopping:expr) => {{
+        let stopping = $stopping.clone();
+        actix_http::HttpService::build()
+            .graceful_shutdown_signal(move || {
+                let stopping = stopping.clone();
+                async move { stopping.notified().await }
+            })
+            .client_disconnect_timeout(Duration::from_secs(1))
+            // An SSE client never half-closes: EOF means it is gone, so forget it now.
+            .h1_allow_half_closed(false)
+    }};
+}
 
 /// A running (not yet awaited) Herald server.
 pub struct Application {
@@ -143,21 +165,15 @@ impl Shutdown {
     }
 }
 
-/// The socket the slow-consumer policy may shut down for the streams of this
-/// connection (see `broadcaster::outbox`), or `None` where it must not.
+/// The socket the slow-consumer policy may shut down for the streams of a
+/// TLS connection (see `broadcaster::outbox`), or `None` where it must not.
 ///
-/// A plain connection is HTTP/1.1 (`bind` serves no h2c), and so is a TLS
+/// A plain connection is HTTP/1.1 (no h2c is served), and so is a TLS
 /// connection that did not negotiate `h2`: one stream at a time, so cutting
 /// the socket ends only the stream that fell behind. Over HTTP/2 many streams
 /// share the connection, so none gets the socket: a stream that falls behind
 /// ends itself alone, by its body ending.
-fn connection_socket(connection: &dyn Any) -> Option<ConnectionSocket> {
-    use actix_tls::accept::rustls_0_23::TlsStream;
-    use actix_web::rt::net::TcpStream;
-    if let Some(socket) = connection.downcast_ref::<TcpStream>() {
-        return Some(ConnectionSocket::of(socket));
-    }
-    let tls = connection.downcast_ref::<TlsStream<TcpStream>>()?;
+fn tls_connection_socket(tls: &TlsStream<TcpStream>) -> Option<ConnectionSocket> {
     let (socket, session) = tls.get_ref();
     match session.alpn_protocol() {
         Some(b"h2") => None,
@@ -404,7 +420,7 @@ impl Application {
         let origins = config.cors_allowed_origins.clone();
         let access_log =
             log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info);
-        let server = HttpServer::new(move || {
+        let app = move || {
             let cors = origins.iter().fold(
                 Cors::default()
                     .block_on_origin_mismatch(false)
@@ -429,40 +445,51 @@ impl Application {
                         }),
                 ))
                 .configure(routes::configure)
-        })
-        .workers(config.workers)
-        .max_connections(per_worker)
-        .tcp_nodelay(true)
-        // An SSE client never half-closes: EOF means it is gone, so forget it now.
-        .h1_allow_half_closed(false)
-        .on_connect(|connection, data| {
-            if let Some(socket) = connection_socket(connection) {
-                data.insert(socket);
-            }
-        })
-        .disable_signals()
-        .shutdown_timeout(
-            // Whole seconds only: rounded up, so a fractional window is not
-            // cut short; `Shutdown::run` cuts at the exact moment.
-            (config.shutdown_drain + Duration::from_secs(SHUTDOWN_GRACE_SECS))
-                .as_secs_f64()
-                .ceil() as u64,
-        );
-        // HTTP/2 runs with actix's defaults, which suit streams: no limit on
-        // concurrent streams per connection (none is advertised, so a
-        // browser's 100 fit; MAX_CONNECTIONS and MAX_CONNECTIONS_PER_USER
-        // count streams either way), a PING every keep-alive interval (5 s)
-        // with the connection closed when the answer takes longer than that,
-        // and 1 MiB / 2 MiB receive windows for request bodies.
-        let server = match tls_config {
-            None => server.listen(listener)?,
-            // ALPN: actix offers `h2`, then `http/1.1`.
-            Some(tls_config) => server.listen_rustls_0_23(listener, tls_config)?,
+                .into_factory()
+                .map_err(|error: actix_web::Error| error.error_response())
         };
-        let port = server
-            .addrs()
-            .first()
-            .map_or(config.port, |address| address.port());
+        let port = listener.local_addr()?.port();
+        let builder = actix_server::Server::build()
+            .workers(config.workers)
+            .max_concurrent_connections(per_worker)
+            .disable_signals()
+            .shutdown_timeout(
+                // Whole seconds only: rounded up, so a fractional window is not
+                // cut short; `Shutdown::run` cuts at the exact moment.
+                (config.shutdown_drain + Duration::from_secs(SHUTDOWN_GRACE_SECS))
+                    .as_secs_f64()
+                    .ceil() as u64,
+            );
+        let stopping = builder.graceful_shutdown_signal();
+        // What actix-web's HttpServer would build, but with the HTTP/1-only
+        // service on plain connections: its per-connection state is the
+        // HTTP/1 dispatcher alone, where the HTTP/1-or-2 service's is as large
+        // as the HTTP/2 dispatcher (1.5 KiB more per stream; see
+        // docs/performance.md). Plain HTTP serves no h2c anyway.
+        let server = match tls_config {
+            None => builder.listen("herald", listener, move || {
+                http_settings!(stopping)
+                    .on_connect_ext(|connection: &TcpStream, data: &mut Extensions| {
+                        // Nagle off, as HttpServer's tcp_nodelay(true) did.
+                        let _ = connection.set_nodelay(true);
+                        data.insert(ConnectionSocket::of(connection));
+                    })
+                    .h1(map_config(app(), |_| AppConfig::default()))
+                    .tcp()
+            })?,
+            // ALPN: actix offers `h2`, then `http/1.1`.
+            Some(tls_config) => builder.listen("herald-tls", listener, move || {
+                http_settings!(stopping)
+                    .tcp_nodelay(true)
+                    .on_connect_ext(|connection: &TlsStream<TcpStream>, data: &mut Extensions| {
+                        if let Some(socket) = tls_connection_socket(connection) {
+                            data.insert(socket);
+                        }
+                    })
+                    .finish(map_config(app(), |_| AppConfig::default()))
+                    .rustls_0_23(tls_config.clone())
+            })?,
+        };
         let server = server.run();
         let watched = Arc::new(Watch::default());
         watch(broadcaster.clone(), server.handle(), watched.clone());

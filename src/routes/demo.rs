@@ -207,7 +207,8 @@ fn auth_cookie<'c>(
         .http_only(true)
         .same_site(SameSite::Strict)
         .path("/")
-        .secure(req.connection_info().scheme() == "https")
+        // Served over HTTPS by Herald itself, or (as a proxy says) to the browser.
+        .secure(state.config.tls.is_some() || req.connection_info().scheme() == "https")
 }
 
 fn back_to_page() -> actix_web::HttpResponseBuilder {
