@@ -369,9 +369,10 @@ impl Application {
                     store,
                     sequencer.clone(),
                     sink,
+                    config.durability,
                     config.sync_interval,
                 )?;
-                let evict: Evict = Box::new(sqlite.evictor());
+                let evict: Evict = sqlite.evictor();
                 let restored = Some((loaded, evict));
                 (
                     EventLog::Sqlite(sqlite),

@@ -21,7 +21,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
@@ -111,7 +111,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Locks `DATA_DIR` for this process: a second Herald on it is refused at
 /// start rather than sharing the database.
-fn lock(dir: &Path) -> Result<File, StoreError> {
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join(LOCK_FILE_NAME);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -182,7 +182,7 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unusable(format!("DATA_DIR {} cannot be created: {e}", dir.display()))
         })?;
-        let lock = lock(dir)?;
+        let lock = lock_dir(dir)?;
         let path = dir.join(FILE_NAME);
         let unusable = |error: rusqlite::Error| match failed(&path, &error) {
             StoreError::Failed(message) | StoreError::Full(message) => StoreError::Unusable(
@@ -580,6 +580,7 @@ impl Writer {
             path: store.path.clone(),
             interval: sync_interval,
             state: state.clone(),
+            inline: None,
         }
         .spawn(stopped)?;
         std::thread::Builder::new()
@@ -738,6 +739,9 @@ struct Syncer {
     path: PathBuf,
     interval: Duration,
     state: Arc<SyncState>,
+    /// With `DURABILITY=process`, the store publishers commit to: the syncer
+    /// writes the deletes waiting there before each checkpoint.
+    inline: Option<Arc<Mutex<Inline>>>,
 }
 
 impl Syncer {
@@ -773,6 +777,9 @@ impl Syncer {
                 stop.recv_timeout(self.interval),
                 Err(mpsc::RecvTimeoutError::Timeout)
             );
+            if let Some(inline) = &self.inline {
+                lock(inline).write_deletes();
+            }
             if self.state.written.swap(false, Ordering::AcqRel) || stopping {
                 match checkpoint(&connection) {
                     Ok(pages) => {
@@ -801,57 +808,176 @@ impl Syncer {
     }
 }
 
+/// `DURABILITY=process`: the store that publishers commit to themselves,
+/// each under the sequencer's order lock. A commit waits for no sync, so
+/// handing it to a thread would only add two thread switches to every
+/// publish, and make its answer wait behind whatever that thread's wake-up
+/// queues behind on the worker (a fan-out's thousands of streams).
+struct Inline {
+    store: Store,
+    /// Evicted ids waiting to be deleted: with the next commit, or by the
+    /// syncer within `SYNC_INTERVAL_MS`.
+    evicted: Vec<EventId>,
+    state: Arc<SyncState>,
+}
+
+impl Inline {
+    /// Commits `events` and `revoked`, with the deletes waiting.
+    fn commit(&mut self, events: &[&Stamped], revoked: &[(String, u64)]) -> Result<(), StoreError> {
+        if self.state.start_over.swap(false, Ordering::AcqRel) {
+            self.store.checkpoint_for_start_over();
+        }
+        match self.store.commit(events, revoked, &self.evicted) {
+            Ok(()) => {
+                self.evicted.clear();
+                self.state.written.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(error) => {
+                log::error!("store: {error}");
+                Err(error)
+            }
+        }
+    }
+
+    fn write_deletes(&mut self) {
+        if self.evicted.is_empty() {
+            return;
+        }
+        if let Err(error) = self.commit(&[], &[]) {
+            // Not retried: rows left behind are evicted again when a
+            // restart applies retention.
+            log::warn!("store: deleting evicted events: {error}");
+            self.evicted.clear();
+        }
+    }
+}
+
+fn lock(inline: &Mutex<Inline>) -> std::sync::MutexGuard<'_, Inline> {
+    // A panic while committing leaves the store as SQLite left it: usable.
+    inline
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How appends reach the database (see `DURABILITY`).
+enum Committer {
+    /// `process`: the publisher commits, then hands the events to the sink.
+    Inline {
+        store: Arc<Mutex<Inline>>,
+        sink: Sink,
+        /// Dropped with the log: the syncer then deletes, checkpoints and ends.
+        _stop_syncer: mpsc::Sender<()>,
+    },
+    /// `disk`: the writer thread, whose group commit shares one sync.
+    Thread(Writer),
+}
+
 /// The embedded store as the node's event log: ids from this process's own
-/// sequence, each append written by the writer thread (shared commits), and
-/// handed to the sink once it is on disk, before its publisher is answered.
+/// sequence, each append committed (by its publisher, or by the writer
+/// thread with `DURABILITY=disk`) and handed to the sink once committed,
+/// before its publisher is answered.
 pub(crate) struct SqliteLog {
     sequencer: Arc<Sequencer>,
-    writer: Writer,
+    committer: Committer,
 }
 
 impl SqliteLog {
-    /// Moves `store` to its writer thread; what it commits goes to `sink`.
-    /// Its syncer runs every `sync_interval` after a commit.
+    /// Starts committing to `store`; what it commits goes to `sink`. Its
+    /// syncer runs every `sync_interval` after a commit.
     pub(crate) fn start(
         store: Store,
         sequencer: Arc<Sequencer>,
         sink: Sink,
+        durability: Durability,
         sync_interval: Duration,
     ) -> std::io::Result<Self> {
-        let writer = Writer::spawn(
-            store,
-            Box::new(move |items| {
-                // A stopped sink means the server is stopping: nobody is left
-                // to deliver to, and what was written is kept for the next start.
-                let _ = sink(Flow::Items {
-                    items,
-                    position: None,
-                });
-            }),
-            sync_interval,
-        )?;
-        Ok(Self { sequencer, writer })
+        let committer = match durability {
+            Durability::Process => {
+                let state = Arc::new(SyncState::default());
+                let path = store.path.clone();
+                let inline = Arc::new(Mutex::new(Inline {
+                    store,
+                    evicted: Vec::new(),
+                    state: state.clone(),
+                }));
+                let (stop_syncer, stopped) = mpsc::channel::<()>();
+                Syncer {
+                    path,
+                    interval: sync_interval,
+                    state,
+                    inline: Some(inline.clone()),
+                }
+                .spawn(stopped)?;
+                Committer::Inline {
+                    store: inline,
+                    sink,
+                    _stop_syncer: stop_syncer,
+                }
+            }
+            Durability::Disk => Committer::Thread(Writer::spawn(
+                store,
+                Box::new(move |items| {
+                    // A stopped sink means the server is stopping: nobody is
+                    // left to deliver to, and what was written is kept for
+                    // the next start.
+                    let _ = sink(Flow::Items {
+                        items,
+                        position: None,
+                    });
+                }),
+                sync_interval,
+            )?),
+        };
+        Ok(Self {
+            sequencer,
+            committer,
+        })
     }
 
     pub(crate) async fn append(&self, events: Vec<Outgoing>) -> Result<Vec<EventId>, LogError> {
-        let (reply, answer) = oneshot::channel();
-        let ids = self.sequencer.stamp(events, |stamped| {
-            let ids: Vec<EventId> = stamped.iter().map(|event| event.id).collect();
-            self.writer
-                .append(Entry::Events(stamped), reply)
-                .map(|()| ids)
-        })?;
-        Self::stored(answer).await?;
-        Ok(ids)
+        match &self.committer {
+            Committer::Inline { store, sink, .. } => self.sequencer.stamp(events, |stamped| {
+                let ids: Vec<EventId> = stamped.iter().map(|event| event.id).collect();
+                lock(store).commit(&stamped.iter().collect::<Vec<_>>(), &[])?;
+                // Stopped: the server is stopping; what was written is kept.
+                let _ = sink(Flow::Items {
+                    items: stamped.into_iter().map(FlowItem::Event).collect(),
+                    position: None,
+                });
+                Ok(ids)
+            }),
+            Committer::Thread(writer) => {
+                let (reply, answer) = oneshot::channel();
+                let ids = self.sequencer.stamp(events, |stamped| {
+                    let ids: Vec<EventId> = stamped.iter().map(|event| event.id).collect();
+                    writer.append(Entry::Events(stamped), reply).map(|()| ids)
+                })?;
+                Self::stored(answer).await?;
+                Ok(ids)
+            }
+        }
     }
 
-    /// Records the revocation on disk; its streams end once it is there,
-    /// after every event appended before it.
+    /// Records the revocation; its streams end once it is committed, after
+    /// every event appended before it.
     pub(crate) async fn revoke(&self, revocation: Revocation, at: u64) -> Result<(), LogError> {
-        let (reply, answer) = oneshot::channel();
-        self.sequencer
-            .in_order(|| self.writer.append(Entry::Revoke(revocation, at), reply))?;
-        Self::stored(answer).await
+        match &self.committer {
+            Committer::Inline { store, sink, .. } => self.sequencer.in_order(|| {
+                lock(store).commit(&[], &[(revocation.key(), at)])?;
+                let _ = sink(Flow::Items {
+                    items: vec![FlowItem::Revoke(revocation)],
+                    position: None,
+                });
+                Ok(())
+            }),
+            Committer::Thread(writer) => {
+                let (reply, answer) = oneshot::channel();
+                self.sequencer
+                    .in_order(|| writer.append(Entry::Revoke(revocation, at), reply))?;
+                Self::stored(answer).await
+            }
+        }
     }
 
     async fn stored(answer: oneshot::Receiver<Result<(), StoreError>>) -> Result<(), LogError> {
@@ -863,9 +989,17 @@ impl SqliteLog {
     }
 
     /// A handle that deletes what retention drops, for the Broadcaster.
-    pub(crate) fn evictor(&self) -> impl Fn(Vec<EventId>) + Send + 'static {
-        let writer = self.writer.clone();
-        move |ids| writer.delete(ids)
+    pub(crate) fn evictor(&self) -> Box<dyn Fn(Vec<EventId>) + Send + 'static> {
+        match &self.committer {
+            Committer::Inline { store, .. } => {
+                let store = store.clone();
+                Box::new(move |ids| lock(&store).evicted.extend(ids))
+            }
+            Committer::Thread(writer) => {
+                let writer = writer.clone();
+                Box::new(move |ids| writer.delete(ids))
+            }
+        }
     }
 
     pub(crate) fn healthy(&self) -> Result<(), LogError> {
