@@ -17,6 +17,7 @@ pub const DEFAULT_TOKEN_EXPIRY_WARNING_SECS: u64 = 60;
 pub const DEFAULT_TICKET_TTL_SECS: u64 = 30;
 pub const DEFAULT_JWKS_REFETCH_SECS: u64 = 10;
 pub const DEFAULT_REVOKE_TTL_SECS: u64 = 86_400;
+pub const DEFAULT_IDEMPOTENCY_TTL_SECS: u64 = 86_400;
 /// How long a demo sign-in lasts by default: the token's `exp` and the
 /// cookie's Max-Age.
 pub const DEFAULT_DEMO_TOKEN_TTL_SECS: u64 = 8 * 60 * 60;
@@ -85,6 +86,8 @@ pub struct Config {
     pub ticket_ttl: Duration,
     /// How long a revocation refuses the tokens it covers.
     pub revoke_ttl_secs: u64,
+    /// How long a publisher's `Idempotency-Key` is remembered.
+    pub idempotency_ttl_secs: u64,
     /// Lifetime of the tokens the demo sign-in mints.
     pub demo_token_ttl_secs: u64,
     pub max_connections: usize,
@@ -354,6 +357,10 @@ impl Config {
                 DEFAULT_DEMO_TOKEN_TTL_SECS as usize,
             )? as u64,
             revoke_ttl_secs: positive("REVOKE_TTL_SECS", DEFAULT_REVOKE_TTL_SECS as usize)? as u64,
+            idempotency_ttl_secs: positive(
+                "IDEMPOTENCY_TTL_SECS",
+                DEFAULT_IDEMPOTENCY_TTL_SECS as usize,
+            )? as u64,
             ticket_ttl: Duration::from_secs(positive(
                 "TICKET_TTL_SECS",
                 DEFAULT_TICKET_TTL_SECS as usize,
@@ -479,6 +486,7 @@ mod tests {
         assert_eq!(config.token_expiry_warning_secs, 60);
         assert_eq!(config.ticket_ttl, Duration::from_secs(30));
         assert_eq!(config.revoke_ttl_secs, 86_400);
+        assert_eq!(config.idempotency_ttl_secs, 86_400);
         assert_eq!(config.history_ttl, Duration::from_secs(86_400));
         assert_eq!(config.storage, Storage::Disk("./herald-data".into()));
         assert_eq!(config.scheduling, Scheduling::Batch);

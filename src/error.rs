@@ -20,6 +20,10 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     UnsupportedMediaType,
     TooManyConnections(String),
+    /// A publish's `Idempotency-Key` was used with another body.
+    IdempotencyConflict,
+    /// The first publish with this `Idempotency-Key` is still in flight.
+    Conflict(String),
     Unavailable(String),
     /// A fault of the server's own; the cause goes to the log, not the client.
     Internal(String),
@@ -45,6 +49,8 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::TooManyConnections(_) => "too_many_connections",
+            Self::IdempotencyConflict => "idempotency_conflict",
+            Self::Conflict(_) => "conflict",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal_error",
         }
@@ -65,7 +71,11 @@ impl ApiError {
             Self::NotFound => "no such resource".into(),
             Self::MethodNotAllowed => "this path does not take that method".into(),
             Self::Internal(_) => "the server failed; the cause is in its log".into(),
+            Self::IdempotencyConflict => "this Idempotency-Key was used before with another \
+                                          body; nothing was published"
+                .into(),
             Self::Forbidden(message)
+            | Self::Conflict(message)
             | Self::BadRequest(message)
             | Self::TooManyConnections(message)
             | Self::Unavailable(message) => message.clone(),
@@ -93,6 +103,8 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

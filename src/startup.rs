@@ -190,8 +190,16 @@ fn open_store(
 ) -> std::io::Result<(Store, eventlog::Loaded)> {
     let floor = EventId::new(clock::unix_now_ms(), 0);
     let revocations_since = clock::unix_now().saturating_sub(config.revoke_ttl_secs);
-    let (store, mut loaded) = Store::open(dir, floor, revocations_since, config.durability)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let idempotency_since_ms =
+        clock::unix_now_ms().saturating_sub(config.idempotency_ttl_secs.saturating_mul(1000));
+    let (store, mut loaded) = Store::open(
+        dir,
+        floor,
+        revocations_since,
+        idempotency_since_ms,
+        config.durability,
+    )
+    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     for (key, at) in std::mem::take(&mut loaded.revocations) {
         if let Some(revocation) = Revocation::from_key(&key) {
             revocations.record(revocation, at);
@@ -342,6 +350,7 @@ impl Application {
                     revocations.clone(),
                     sink,
                     local,
+                    Duration::from_secs(config.idempotency_ttl_secs),
                 )
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
                 if let Err(e) = reader.preload().await {
@@ -392,6 +401,12 @@ impl Application {
                 )
             }
         };
+        let mut restored = restored;
+        // The idempotency records are the Notifier's, not the Broadcaster's.
+        let remembered = restored
+            .as_mut()
+            .map(|(loaded, _)| std::mem::take(&mut loaded.idempotency))
+            .unwrap_or_default();
         let actor = Broadcaster::new(limits, metrics.clone(), ids, revocations.clone(), restored);
         let directory = actor.directory();
         // Its own thread, owned by the shutdown (see `BroadcasterThread`).
@@ -409,9 +424,16 @@ impl Application {
             tickets,
             revocations: revocations.clone(),
             config: config.clone(),
-            notifier: Notifier::new(event_log, broadcaster.clone(), directory, revocations),
+            notifier: Notifier::new(
+                event_log,
+                broadcaster.clone(),
+                directory,
+                revocations,
+                Duration::from_secs(config.idempotency_ttl_secs),
+            ),
             metrics,
         });
+        state.notifier.restore_idempotency(remembered);
 
         // Connections accepted in all: below the open-file limit, above
         // MAX_CONNECTIONS, so a request past the stream limit still gets its 429.

@@ -27,11 +27,14 @@ pub enum TokenSource {
     Ticket,
 }
 
-/// An [`Identity`] whose token carries the `admin` role.
-/// (Only its presence matters today: publishing and stats act for the
-/// server, not for a user.)
+/// An [`Identity`] whose token carries the `admin` role. Publishing and
+/// stats act for the server, not for a user; its `sub` scopes the
+/// publisher's idempotency keys.
 #[derive(Clone, Debug)]
-pub struct Admin;
+pub struct Admin {
+    /// The admin token's `sub`: whose `Idempotency-Key`s a publish uses.
+    pub user: crate::domain::UserId,
+}
 
 /// Finds the token: `Authorization: Bearer`, then the cookie, then `?token=`.
 pub fn find_token(req: &HttpRequest, cookie_name: &str) -> Option<(String, TokenSource)> {
@@ -146,8 +149,11 @@ impl FromRequest for Admin {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let identified = identify(req.clone());
         Box::pin(async move {
-            if identified.await?.admin {
-                Ok(Admin)
+            let identity = identified.await?;
+            if identity.admin {
+                Ok(Admin {
+                    user: identity.user,
+                })
             } else {
                 Err(ApiError::Forbidden(
                     "this needs a token with the `admin` role".into(),

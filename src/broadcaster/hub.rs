@@ -442,6 +442,8 @@ impl Hub {
             horizon,
             // Not the Hub's: they are checked where tokens are.
             revocations: _,
+            // Not the Hub's either: the Notifier keeps them.
+            idempotency: _,
             gaps,
         } = loaded;
         self.retention.rebase(floor, true);

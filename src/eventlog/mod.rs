@@ -14,6 +14,7 @@
 //! hands on what any node appended. Nothing here knows of actors or HTTP:
 //! the sink and the local token refresh are functions the wiring provides.
 
+pub(crate) mod idempotency;
 mod ids;
 pub(crate) mod memory;
 pub(crate) mod redis;
@@ -138,11 +139,19 @@ pub(crate) enum EventLog {
 impl EventLog {
     /// Appends events in order and answers their ids once the log keeps
     /// them as it promises (in memory; written to the store; in Redis).
-    pub async fn append(&self, events: Vec<Outgoing>) -> Result<Vec<EventId>, LogError> {
+    /// With `remember`, a durable log keeps the idempotency record of the
+    /// answer with the events, atomically.
+    pub async fn append(
+        &self,
+        events: Vec<Outgoing>,
+        remember: Option<&idempotency::Remember>,
+    ) -> Result<idempotency::Appended, LogError> {
+        use idempotency::Appended;
         match self {
-            Self::Memory(log) => log.append(events),
-            Self::Sqlite(log) => log.append(events).await,
-            Self::Redis(log) => log.append(events).await,
+            // The node's own table is all a memory log keeps.
+            Self::Memory(log) => log.append(events).map(Appended::New),
+            Self::Sqlite(log) => log.append(events, remember).await.map(Appended::New),
+            Self::Redis(log) => log.append(events, remember).await,
         }
     }
 

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use tokio::sync::oneshot;
 
+use super::idempotency::{Remember, Remembered};
 use super::{Flow, FlowItem, LogError, Sequencer, Sink};
 use crate::config::Durability;
 use crate::domain::{Audience, Channel, EventId, EventName, Outgoing, Stamped, UserId};
@@ -94,6 +95,8 @@ pub(crate) struct Loaded {
     /// (or a kernel crash) leaves ids in one; a resume from inside one is
     /// not recovered. Filled in by [`Store::begin_epoch`].
     pub gaps: Vec<(EventId, EventId)>,
+    /// The idempotency records still within their TTL, by name.
+    pub idempotency: Vec<(String, Remembered)>,
 }
 
 /// The database, owned by the writer thread once the server runs.
@@ -177,6 +180,7 @@ impl Store {
         dir: &Path,
         new_floor: EventId,
         revocations_since: u64,
+        idempotency_since_ms: u64,
         durability: Durability,
     ) -> Result<(Self, Loaded), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -223,6 +227,12 @@ impl Store {
                      key TEXT PRIMARY KEY,
                      value INTEGER NOT NULL
                  ) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS idempotency (
+                     name TEXT PRIMARY KEY,
+                     fingerprint TEXT NOT NULL,
+                     answer TEXT NOT NULL,
+                     at INTEGER NOT NULL
+                 ) WITHOUT ROWID;
                  CREATE TABLE IF NOT EXISTS gaps (
                      after_epoch INTEGER NOT NULL,
                      after_seq INTEGER NOT NULL,
@@ -252,6 +262,7 @@ impl Store {
         store.horizon = horizon;
         let events = store.load()?;
         let revocations = store.load_revocations(revocations_since)?;
+        let idempotency = store.load_idempotency(idempotency_since_ms)?;
         Ok((
             store,
             Loaded {
@@ -260,6 +271,7 @@ impl Store {
                 horizon,
                 revocations,
                 gaps: Vec::new(),
+                idempotency,
             },
         ))
     }
@@ -384,6 +396,33 @@ impl Store {
             .map_err(|e| failed(&self.path, &e))
     }
 
+    /// The idempotency records made at or after `since_ms`; older ones are
+    /// deleted.
+    fn load_idempotency(&mut self, since_ms: u64) -> Result<Vec<(String, Remembered)>, StoreError> {
+        let path = self.path.clone();
+        let fail = |e: rusqlite::Error| failed(&path, &e);
+        self.connection
+            .execute("DELETE FROM idempotency WHERE at < ?1", [since_ms as i64])
+            .map_err(fail)?;
+        let mut statement = self
+            .connection
+            .prepare("SELECT name, fingerprint, answer, at FROM idempotency")
+            .map_err(fail)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    Remembered {
+                        fingerprint: row.get(1)?,
+                        answer: row.get(2)?,
+                        at_ms: row.get::<_, i64>(3)? as u64,
+                    },
+                ))
+            })
+            .map_err(fail)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(fail)
+    }
+
     /// The revocations made at or after `since`; older ones are deleted.
     fn load_revocations(&mut self, since: u64) -> Result<Vec<(String, u64)>, StoreError> {
         let path = self.path.clone();
@@ -460,6 +499,7 @@ impl Store {
         events: &[&Stamped],
         revocations: &[(String, u64)],
         evicted: &[EventId],
+        remembered: &[&(String, Remembered)],
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let fail = |e: rusqlite::Error| failed(&path, &e);
@@ -496,6 +536,22 @@ impl Store {
                 .map_err(fail)?;
             for (key, at) in revocations {
                 revoke.execute(params![key, *at as i64]).map_err(fail)?;
+            }
+            let mut remember = transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO idempotency (name, fingerprint, answer, at)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(fail)?;
+            for (name, record) in remembered {
+                remember
+                    .execute(params![
+                        name,
+                        record.fingerprint,
+                        record.answer,
+                        record.at_ms as i64
+                    ])
+                    .map_err(fail)?;
             }
             let mut delete = transaction
                 .prepare_cached("DELETE FROM events WHERE epoch = ?1 AND seq = ?2")
@@ -536,7 +592,8 @@ enum Command {
 
 /// One append, events or a revocation.
 enum Entry {
-    Events(Vec<Stamped>),
+    /// Events, and the idempotency record made with them, if any.
+    Events(Vec<Stamped>, Option<(String, Remembered)>),
     Revoke(Revocation, u64),
 }
 
@@ -640,7 +697,7 @@ impl Store {
                 if evicted.is_empty() {
                     return;
                 }
-                if let Err(error) = self.commit(&[], &[], &evicted) {
+                if let Err(error) = self.commit(&[], &[], &evicted, &[]) {
                     // Not retried: rows left behind are evicted again when
                     // a restart applies retention.
                     log::warn!("store: deleting evicted events: {error}");
@@ -672,13 +729,17 @@ impl Store {
             }
             let mut events: Vec<&Stamped> = Vec::new();
             let mut revoked: Vec<(String, u64)> = Vec::new();
+            let mut remembered: Vec<&(String, Remembered)> = Vec::new();
             for (entry, _) in &appends {
                 match entry {
-                    Entry::Events(group) => events.extend(group),
+                    Entry::Events(group, record) => {
+                        events.extend(group);
+                        remembered.extend(record);
+                    }
                     Entry::Revoke(revocation, at) => revoked.push((revocation.key(), *at)),
                 }
             }
-            match self.commit(&events, &revoked, &evicted) {
+            match self.commit(&events, &revoked, &evicted, &remembered) {
                 Ok(()) => {
                     state.written.store(true, Ordering::Release);
                     evicted.clear();
@@ -687,7 +748,7 @@ impl Store {
                     let mut replies = Vec::with_capacity(appends.len());
                     for (entry, reply) in appends {
                         match entry {
-                            Entry::Events(group) => {
+                            Entry::Events(group, _) => {
                                 items.extend(group.into_iter().map(FlowItem::Event))
                             }
                             Entry::Revoke(revocation, _) => {
@@ -823,11 +884,19 @@ struct Inline {
 
 impl Inline {
     /// Commits `events` and `revoked`, with the deletes waiting.
-    fn commit(&mut self, events: &[&Stamped], revoked: &[(String, u64)]) -> Result<(), StoreError> {
+    fn commit(
+        &mut self,
+        events: &[&Stamped],
+        revoked: &[(String, u64)],
+        remembered: &[&(String, Remembered)],
+    ) -> Result<(), StoreError> {
         if self.state.start_over.swap(false, Ordering::AcqRel) {
             self.store.checkpoint_for_start_over();
         }
-        match self.store.commit(events, revoked, &self.evicted) {
+        match self
+            .store
+            .commit(events, revoked, &self.evicted, remembered)
+        {
             Ok(()) => {
                 self.evicted.clear();
                 self.state.written.store(true, Ordering::Release);
@@ -844,7 +913,7 @@ impl Inline {
         if self.evicted.is_empty() {
             return;
         }
-        if let Err(error) = self.commit(&[], &[]) {
+        if let Err(error) = self.commit(&[], &[], &[]) {
             // Not retried: rows left behind are evicted again when a
             // restart applies retention.
             log::warn!("store: deleting evicted events: {error}");
@@ -935,11 +1004,22 @@ impl SqliteLog {
         })
     }
 
-    pub(crate) async fn append(&self, events: Vec<Outgoing>) -> Result<Vec<EventId>, LogError> {
+    /// Appends `events`, and with `remember` the idempotency record of the
+    /// answer, in the same transaction.
+    pub(crate) async fn append(
+        &self,
+        events: Vec<Outgoing>,
+        remember: Option<&Remember>,
+    ) -> Result<Vec<EventId>, LogError> {
         match &self.committer {
             Committer::Inline { store, sink, .. } => self.sequencer.stamp(events, |stamped| {
                 let ids: Vec<EventId> = stamped.iter().map(|event| event.id).collect();
-                lock(store).commit(&stamped.iter().collect::<Vec<_>>(), &[])?;
+                let record = remember.map(|remember| remember.record(&ids));
+                lock(store).commit(
+                    &stamped.iter().collect::<Vec<_>>(),
+                    &[],
+                    &record.iter().collect::<Vec<_>>(),
+                )?;
                 // Stopped: the server is stopping; what was written is kept.
                 let _ = sink(Flow::Items {
                     items: stamped.into_iter().map(FlowItem::Event).collect(),
@@ -951,7 +1031,10 @@ impl SqliteLog {
                 let (reply, answer) = oneshot::channel();
                 let ids = self.sequencer.stamp(events, |stamped| {
                     let ids: Vec<EventId> = stamped.iter().map(|event| event.id).collect();
-                    writer.append(Entry::Events(stamped), reply).map(|()| ids)
+                    let record = remember.map(|remember| remember.record(&ids));
+                    writer
+                        .append(Entry::Events(stamped, record), reply)
+                        .map(|()| ids)
                 })?;
                 Self::stored(answer).await?;
                 Ok(ids)
@@ -964,7 +1047,7 @@ impl SqliteLog {
     pub(crate) async fn revoke(&self, revocation: Revocation, at: u64) -> Result<(), LogError> {
         match &self.committer {
             Committer::Inline { store, sink, .. } => self.sequencer.in_order(|| {
-                lock(store).commit(&[], &[(revocation.key(), at)])?;
+                lock(store).commit(&[], &[(revocation.key(), at)], &[])?;
                 let _ = sink(Flow::Items {
                     items: vec![FlowItem::Revoke(revocation)],
                     position: None,
@@ -1057,7 +1140,7 @@ mod tests {
         };
         {
             let (mut store, loaded) =
-                Store::open(&scratch.0, EventId::new(9, 0), 0, Durability::Process).unwrap();
+                Store::open(&scratch.0, EventId::new(9, 0), 0, 0, Durability::Process).unwrap();
             assert!(loaded.events.is_empty());
             let events = [
                 stamped(1, Audience::Everyone),
@@ -1066,14 +1149,14 @@ mod tests {
                 stamped(4, Audience::Everyone),
             ];
             store
-                .commit(&events.iter().collect::<Vec<_>>(), &[], &[])
+                .commit(&events.iter().collect::<Vec<_>>(), &[], &[], &[])
                 .unwrap();
             store
-                .commit(&[], &[("u:alice".into(), 50)], &[EventId::new(9, 4)])
+                .commit(&[], &[("u:alice".into(), 50)], &[EventId::new(9, 4)], &[])
                 .unwrap();
         }
         let (_, loaded) =
-            Store::open(&scratch.0, EventId::new(77, 0), 0, Durability::Process).unwrap();
+            Store::open(&scratch.0, EventId::new(77, 0), 0, 0, Durability::Process).unwrap();
         assert_eq!(loaded.floor, EventId::new(9, 0), "the first floor is kept");
         assert_eq!(loaded.revocations, [("u:alice".to_owned(), 50)]);
         assert_eq!(
@@ -1094,8 +1177,8 @@ mod tests {
     fn a_second_process_on_the_same_directory_is_refused() {
         let scratch = Scratch::new("locked");
         let (_first, _) =
-            Store::open(&scratch.0, EventId::new(1, 0), 0, Durability::Process).unwrap();
-        match Store::open(&scratch.0, EventId::new(1, 0), 0, Durability::Process) {
+            Store::open(&scratch.0, EventId::new(1, 0), 0, 0, Durability::Process).unwrap();
+        match Store::open(&scratch.0, EventId::new(1, 0), 0, 0, Durability::Process) {
             Err(StoreError::Unusable(message)) => {
                 assert!(message.contains("another process"), "{message}")
             }
@@ -1114,6 +1197,7 @@ mod tests {
             &scratch.0.join("sub"),
             EventId::new(1, 0),
             0,
+            0,
             Durability::Process,
         )
         .err()
@@ -1130,12 +1214,12 @@ mod tests {
         let scratch = Scratch::new("damaged");
         {
             let (mut store, _) =
-                Store::open(&scratch.0, EventId::new(9, 0), 0, Durability::Process).unwrap();
+                Store::open(&scratch.0, EventId::new(9, 0), 0, 0, Durability::Process).unwrap();
             let events: Vec<Stamped> = (1..=2000)
                 .map(|seq| stamped(seq, Audience::Everyone))
                 .collect();
             store
-                .commit(&events.iter().collect::<Vec<_>>(), &[], &[])
+                .commit(&events.iter().collect::<Vec<_>>(), &[], &[], &[])
                 .unwrap();
             store
                 .connection
@@ -1149,7 +1233,7 @@ mod tests {
             *byte = 0xA5;
         }
         std::fs::write(&path, bytes).unwrap();
-        match Store::open(&scratch.0, EventId::new(9, 0), 0, Durability::Process) {
+        match Store::open(&scratch.0, EventId::new(9, 0), 0, 0, Durability::Process) {
             Err(StoreError::Damaged(message)) => {
                 assert!(message.contains("herald.db"), "{message}");
                 assert!(message.contains("move it aside"), "{message}");
@@ -1164,7 +1248,7 @@ mod tests {
         let scratch = Scratch::new("epochs");
         let first = {
             let (mut store, mut loaded) =
-                Store::open(&scratch.0, EventId::new(9, 0), 0, Durability::Process).unwrap();
+                Store::open(&scratch.0, EventId::new(9, 0), 0, 0, Durability::Process).unwrap();
             let epoch = store.begin_epoch(&mut loaded).unwrap();
             assert!(loaded.gaps.is_empty(), "a new store has lost nothing");
             let events: Vec<Stamped> = (1..=3)
@@ -1174,13 +1258,13 @@ mod tests {
                 })
                 .collect();
             store
-                .commit(&events.iter().collect::<Vec<_>>(), &[], &[])
+                .commit(&events.iter().collect::<Vec<_>>(), &[], &[], &[])
                 .unwrap();
             epoch
         };
         let second = {
             let (mut store, mut loaded) =
-                Store::open(&scratch.0, EventId::new(9, 0), 0, Durability::Process).unwrap();
+                Store::open(&scratch.0, EventId::new(9, 0), 0, 0, Durability::Process).unwrap();
             let epoch = store.begin_epoch(&mut loaded).unwrap();
             assert!(epoch > first);
             assert_eq!(
@@ -1199,7 +1283,7 @@ mod tests {
             epoch
         };
         let (mut store, mut loaded) =
-            Store::open(&scratch.0, EventId::new(9, 0), 0, Durability::Disk).unwrap();
+            Store::open(&scratch.0, EventId::new(9, 0), 0, 0, Durability::Disk).unwrap();
         let third = store.begin_epoch(&mut loaded).unwrap();
         assert!(third > second + 10_000_000, "ids are never issued twice");
         assert_eq!(loaded.gaps.len(), 2);
@@ -1209,7 +1293,7 @@ mod tests {
     fn the_syncer_checkpoints_what_the_writer_committed() {
         let scratch = Scratch::new("syncer");
         let (store, _) =
-            Store::open(&scratch.0, EventId::new(9, 0), 0, Durability::Process).unwrap();
+            Store::open(&scratch.0, EventId::new(9, 0), 0, 0, Durability::Process).unwrap();
         let database = scratch.0.join(FILE_NAME);
         let before = std::fs::metadata(&database).unwrap().len();
         let (delivered, delivered_rx) = mpsc::channel();
@@ -1225,7 +1309,7 @@ mod tests {
         let events: Vec<Stamped> = (1..=200)
             .map(|seq| stamped(seq, Audience::Everyone))
             .collect();
-        writer.append(Entry::Events(events), reply).unwrap();
+        writer.append(Entry::Events(events, None), reply).unwrap();
         assert_eq!(answer.blocking_recv().unwrap(), Ok(()));
         assert_eq!(
             delivered_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
@@ -1245,7 +1329,7 @@ mod tests {
         // Once the writer is gone the lock is free and everything is there.
         let deadline = Instant::now() + Duration::from_secs(10);
         let loaded = loop {
-            match Store::open(&scratch.0, EventId::new(9, 0), 0, Durability::Process) {
+            match Store::open(&scratch.0, EventId::new(9, 0), 0, 0, Durability::Process) {
                 Ok((_, loaded)) => break loaded,
                 Err(error) => {
                     assert!(Instant::now() < deadline, "still locked: {error}");

@@ -1,14 +1,16 @@
 //! `POST /api/send`: publish one event or a batch (admin).
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::error::Category;
 use serde_json::value::RawValue;
 
 use super::{read_json_body, AppState};
 use crate::auth::Admin;
-use crate::domain::{Audience, Channel, EventName, Outgoing, Published, UserId};
+use crate::domain::{Audience, Channel, EventName, Outgoing, UserId};
 use crate::error::ApiError;
+use crate::eventlog::idempotency::IdempotencyKey;
+use crate::notifier::PublishError;
 
 /// One event as a publisher sends it. `data` stays the publisher's JSON
 /// text: it is never parsed into a tree and written out again.
@@ -167,29 +169,71 @@ pub(super) fn parse_body(body: &[u8], max_batch: usize) -> Result<(Vec<Outgoing>
     }
 }
 
-/// The answer to a batch.
-#[derive(Serialize)]
-struct BatchAnswer {
-    events: Vec<Published>,
+/// The `Idempotency-Key` header, checked: 1–128 visible ASCII characters.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let mut values = req.headers().get_all("idempotency-key");
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::BadRequest(
+            "Idempotency-Key must be one header of 1 to 128 visible ASCII characters".into(),
+        )
+    };
+    if values.next().is_some() {
+        return Err(bad());
+    }
+    let key = value.as_bytes();
+    if key.is_empty() || key.len() > 128 || !key.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(bad());
+    }
+    Ok(Some(String::from_utf8_lossy(key).into_owned()))
+}
+
+/// SHA-256, in hex, of the body as JSON with its object keys sorted: the
+/// same events sent again with other spacing or key order are the same body.
+fn fingerprint(body: &[u8]) -> String {
+    let canonical = serde_json::from_slice::<serde_json::Value>(body)
+        .map(|value| value.to_string().into_bytes())
+        .unwrap_or_else(|_| body.to_vec());
+    ring::digest::digest(&ring::digest::SHA256, &canonical)
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 pub(super) async fn send(
     req: HttpRequest,
-    _admin: Admin,
+    admin: Admin,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let key = idempotency_key(&req)?;
     let body = read_json_body(&req, payload, state.config.max_body_bytes).await?;
     let (events, batch) = parse_body(&body, state.config.max_batch)?;
-    let mut published = state.notifier.publish(events).await?;
-    Ok(if batch {
-        HttpResponse::Accepted().json(BatchAnswer { events: published })
-    } else {
-        match published.pop() {
-            Some(one) => HttpResponse::Accepted().json(one),
-            None => HttpResponse::Accepted().json(()),
-        }
-    })
+    let key = key.map(|key| IdempotencyKey {
+        scope: admin.user.as_str().to_owned(),
+        key,
+        fingerprint: fingerprint(&body),
+    });
+    let answer = state
+        .notifier
+        .publish(events, batch, key)
+        .await
+        .map_err(|error| match error {
+            PublishError::Log(error) => ApiError::from(error),
+            PublishError::KeyReused => ApiError::IdempotencyConflict,
+            PublishError::InFlight => ApiError::Conflict(
+                "the first publish with this Idempotency-Key is still in flight; try again".into(),
+            ),
+        })?;
+    let mut response = HttpResponse::Accepted();
+    response.content_type("application/json");
+    if answer.replayed {
+        response.insert_header(("idempotent-replayed", "true"));
+    }
+    Ok(response.body(answer.body))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod browser_client;
 mod cluster;
 mod demo;
 mod helpers;
+mod idempotency;
 mod js_client;
 mod lifecycle;
 mod limits;

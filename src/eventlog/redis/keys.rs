@@ -13,6 +13,12 @@ pub(super) fn revoked_key(flow: &str) -> String {
 pub(super) fn trimmed_key(flow: &str) -> String {
     format!("{flow}:trimmed")
 }
+/// The Redis key of an idempotency record, by its name (scope and key,
+/// joined by a line break, which neither holds).
+pub(super) fn idempotency_key(flow: &str, name: &str) -> String {
+    format!("{flow}:idempotency:{name}")
+}
+
 /// The Redis key of one audience's stream, under the flow's key.
 pub(super) fn audience_key(flow: &str, audience: &AudienceKey) -> String {
     match audience {

@@ -33,8 +33,9 @@ pub(crate) use reader::Reader;
 pub(crate) use refresh::RefreshListener;
 
 use self::codec::encode_names;
-use self::keys::{audience_key, revoked_key, trimmed_key};
+use self::keys::{audience_key, idempotency_key, revoked_key, trimmed_key};
 use self::script::PUBLISH_SCRIPT;
+use super::idempotency::{answer, Appended, Remember, Remembered};
 use super::{LocalRefresh, LogError, RefreshFailure, RetentionLimits, Sink};
 use crate::clock;
 use crate::domain::{Audience, AudienceKey, Channel, EventId, Outgoing, TokenRefresh, UserId};
@@ -61,9 +62,38 @@ pub(crate) struct RedisLog {
     key: String,
     /// Kept per audience stream, as in every node's memory.
     retention: RetentionLimits,
+    /// How long an idempotency record lives (`IDEMPOTENCY_TTL_SECS`).
+    idempotency_ttl_ms: u64,
     /// For connections of its own when a command blocks (waiting for
     /// other nodes' answers to a refresh).
     client: Client,
+}
+
+/// Reads an idempotency record the publish script kept:
+/// `fingerprint \n recipients \n batch \n ids`, the answer rendered as the
+/// first node rendered it.
+fn decode_record(record: &str, remember: Option<&Remember>) -> Option<Remembered> {
+    let mut lines = record.split('\n');
+    let fingerprint = lines.next()?.to_owned();
+    let numbers = |line: &str| -> Option<Vec<usize>> {
+        line.split(',')
+            .filter(|n| !n.is_empty())
+            .map(|n| n.parse().ok())
+            .collect()
+    };
+    let recipients = numbers(lines.next()?)?;
+    let batch = lines.next()? == "1";
+    let ids = lines
+        .next()?
+        .split(',')
+        .filter(|id| !id.is_empty())
+        .map(|id| id.parse().ok())
+        .collect::<Option<Vec<EventId>>>()?;
+    Some(Remembered {
+        fingerprint,
+        answer: answer(&ids, &recipients, batch),
+        at_ms: remember.map_or_else(clock::unix_now_ms, |remember| remember.at_ms),
+    })
 }
 
 fn unreachable(error: redis::RedisError) -> LogError {
@@ -99,6 +129,7 @@ pub(crate) fn connect(
     revocations: Arc<Revocations>,
     sink: Sink,
     local: LocalRefresh,
+    idempotency_ttl: Duration,
 ) -> Result<(RedisLog, Reader, RefreshListener), String> {
     let client = Client::open(url).map_err(|e| format!("REDIS_URL {url:?}: {e}"))?;
     let config = ConnectionManagerConfig::new()
@@ -127,6 +158,7 @@ pub(crate) fn connect(
         connection,
         key: key.to_owned(),
         retention,
+        idempotency_ttl_ms: idempotency_ttl.as_millis() as u64,
         client,
     };
     Ok((log, reader, listener))
@@ -136,10 +168,26 @@ impl RedisLog {
     /// Appends events to the flow and their audiences' streams in one
     /// script; answers the ids Redis gave them. They reach this node's
     /// streams, like every node's, through its reader.
-    pub async fn append(&self, events: Vec<Outgoing>) -> Result<Vec<EventId>, LogError> {
+    /// Appends `events`; with `remember`, unless another publish (on any
+    /// node) already used its key, which answers that publish's record.
+    pub async fn append(
+        &self,
+        events: Vec<Outgoing>,
+        remember: Option<&Remember>,
+    ) -> Result<Appended, LogError> {
         let script = redis::Script::new(PUBLISH_SCRIPT);
         let mut invocation = script.prepare_invoke();
         let now_ms = clock::unix_now_ms();
+        let record_head = remember.map_or_else(String::new, |remember| {
+            let recipients: Vec<String> =
+                remember.recipients.iter().map(usize::to_string).collect();
+            format!(
+                "{}\n{}\n{}",
+                remember.fingerprint,
+                recipients.join(","),
+                u8::from(remember.batch)
+            )
+        });
         invocation
             .key(&self.key)
             .arg(FLOW_MAX_LEN)
@@ -148,7 +196,9 @@ impl RedisLog {
                 "{}-0",
                 now_ms.saturating_sub(self.retention.ttl_ms)
             ))
-            .arg(self.retention.ttl_ms.max(1));
+            .arg(self.retention.ttl_ms.max(1))
+            .arg(record_head)
+            .arg(self.idempotency_ttl_ms.max(1));
         let mut keys: Vec<String> = Vec::new();
         for event in &events {
             let (users, channels) = match &event.audience {
@@ -174,23 +224,42 @@ impl RedisLog {
                         keys.len() - 1
                     }
                 };
-                // KEYS[1] is the flow, KEYS[2] the trimmed-ids hash.
-                invocation.arg(index + 3);
+                // KEYS[1] is the flow, KEYS[2] the trimmed-ids hash,
+                // KEYS[3] the idempotency record.
+                invocation.arg(index + 4);
             }
         }
-        invocation.key(trimmed_key(&self.key));
+        invocation.key(trimmed_key(&self.key)).key(idempotency_key(
+            &self.key,
+            remember.map_or("", |remember| remember.name.as_str()),
+        ));
         for key in &keys {
             invocation.key(key);
         }
         let mut connection = self.connection.clone();
-        let ids: Vec<String> = in_time(invocation.invoke_async(&mut connection)).await?;
-        ids.iter()
-            .map(|id| {
-                id.parse().map_err(|()| {
-                    LogError::Encoding(format!("Redis answered {id:?} for an event id"))
+        let answer: Vec<String> = in_time(invocation.invoke_async(&mut connection)).await?;
+        match answer.split_first() {
+            Some((tag, record)) if tag == "seen" => {
+                let record = record.first().map_or("", String::as_str);
+                decode_record(record, remember)
+                    .map(Appended::Remembered)
+                    .ok_or_else(|| {
+                        LogError::Encoding(format!("an idempotency record reads {record:?}"))
+                    })
+            }
+            Some((_, ids)) => ids
+                .iter()
+                .map(|id| {
+                    id.parse().map_err(|()| {
+                        LogError::Encoding(format!("Redis answered {id:?} for an event id"))
+                    })
                 })
-            })
-            .collect()
+                .collect::<Result<Vec<EventId>, LogError>>()
+                .map(Appended::New),
+            None => Err(LogError::Encoding(
+                "Redis answered nothing for a publish".into(),
+            )),
+        }
     }
 
     /// Records a revocation in Redis and tells every node (this one
@@ -368,6 +437,7 @@ mod tests {
             revocations.clone(),
             recorder.sink(),
             local_refresh,
+            Duration::from_secs(60),
         )
         .unwrap();
         (log, reader, listener, revocations)
@@ -380,10 +450,10 @@ mod tests {
         };
         let recorder = Recorder::default();
         let (log, mut reader, _, _) = connected(&server, &recorder, local(|| Ok(())));
-        log.append(vec![broadcast("before")]).await.unwrap();
+        log.append(vec![broadcast("before")], None).await.unwrap();
         reader.preload().await.unwrap();
         recorder.stopped.store(true, Ordering::SeqCst);
-        log.append(vec![broadcast("after")]).await.unwrap();
+        log.append(vec![broadcast("after")], None).await.unwrap();
         let ended = tokio::time::timeout(Duration::from_secs(10), reader.run()).await;
         assert!(
             ended.is_ok(),
@@ -400,11 +470,11 @@ mod tests {
         let (log, mut reader, _, revocations) = connected(&server, &recorder, local(|| Ok(())));
         reader.preload().await.unwrap();
         let alice = UserId::parse("alice").unwrap();
-        log.append(vec![broadcast("one")]).await.unwrap();
+        log.append(vec![broadcast("one")], None).await.unwrap();
         log.revoke(&Revocation::User(alice.clone()), 1_000)
             .await
             .unwrap();
-        log.append(vec![broadcast("two")]).await.unwrap();
+        log.append(vec![broadcast("two")], None).await.unwrap();
         let reading = actix_web::rt::spawn(reader.run());
         let handed_on = tokio::time::timeout(Duration::from_secs(10), async {
             while recorder.items().len() < 3 {

@@ -11,15 +11,28 @@
 /// newest id trimmed), since Redis itself keeps no record of trimmed ids;
 /// a node that starts reads it to tell `recovered` exactly.
 ///
-/// KEYS: the flow, the trimmed-ids hash, then every audience stream the batch
-/// names. ARGV: flow length, per-audience count (0: no audience streams),
-/// oldest id kept, TTL in ms, then per event: name, data, users, channels
-/// (empty strings for a broadcast), its number of audiences, and their
-/// indexes into KEYS.
+/// With an `Idempotency-Key` (ARGV[5] not empty) the script first looks for
+/// the key's record (KEYS[3]): when there is one it appends nothing and
+/// answers `{'seen', record}`; otherwise it appends, records
+/// `fingerprint \n recipients \n batch \n ids` for ARGV[6] ms, and answers
+/// `{'', ids…}`. Check and record are in the one script, so two nodes given
+/// the same key at once never both publish.
+///
+/// KEYS: the flow, the trimmed-ids hash, the idempotency record (named even
+/// when unused), then every audience stream the batch names. ARGV: flow
+/// length, per-audience count (0: no audience streams), oldest id kept, TTL
+/// in ms, the idempotency record's first lines (empty: no key), its TTL in
+/// ms, then per event: name, data, users, channels (empty strings for a
+/// broadcast), its number of audiences, and their indexes into KEYS.
 pub(super) const PUBLISH_SCRIPT: &str = r"
 local flow_len, per_audience, min_id, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local ids = {}
-local at = 5
+local remember = ARGV[5]
+if remember ~= '' then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then return {'seen', seen} end
+end
+local ids = {''}
+local at = 7
 while at <= #ARGV do
   local fields = {'event', ARGV[at], 'data', ARGV[at + 1]}
   if ARGV[at + 2] ~= '' or ARGV[at + 3] ~= '' then
@@ -49,6 +62,9 @@ while at <= #ARGV do
   at = at + 5 + audiences
 end
 if per_audience > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+if remember ~= '' then
+  redis.call('SET', KEYS[3], remember .. '\n' .. table.concat(ids, ',', 2), 'PX', ARGV[6])
+end
 return ids
 ";
 
