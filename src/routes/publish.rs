@@ -65,6 +65,13 @@ impl PublishRequest<'_> {
                 channels: channels.into(),
             },
         };
+        if let Some(raw) = self.data {
+            if nesting_depth(raw.get()) > MAX_DATA_DEPTH {
+                return Err(format!(
+                    "`data` is nested deeper than {MAX_DATA_DEPTH} levels of arrays and objects"
+                ));
+            }
+        }
         Ok(Outgoing {
             name,
             data: self
@@ -78,6 +85,39 @@ impl PublishRequest<'_> {
 /// `json` (valid JSON text) without the whitespace between its tokens, so
 /// it fits on one `data:` line. Key order, numbers and string escapes stay
 /// exactly as the publisher wrote them.
+/// The deepest `data` accepted: arrays and objects within each other. Deeper
+/// data could not be read back by common JSON parsers (serde_json stops at
+/// 128, Python's at about 1,000 on a default stack).
+pub(crate) const MAX_DATA_DEPTH: usize = 64;
+
+/// How deeply arrays and objects nest in the (valid) JSON text `json`.
+fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for b in json.bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 fn compact(json: &str) -> String {
     if !json
         .bytes()
@@ -245,6 +285,20 @@ mod tests {
             Err(ApiError::BadRequest(message)) => message,
             other => panic!("{body}: expected a bad request, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn data_nested_deeper_than_the_limit_is_refused_and_strings_do_not_count() {
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let at_limit = format!(r#"{{"data":{}}}"#, nested(MAX_DATA_DEPTH));
+        assert!(parse_body(at_limit.as_bytes(), 3).is_ok());
+        let deeper = format!(r#"{{"data":{}}}"#, nested(MAX_DATA_DEPTH + 1));
+        assert!(error_of(&deeper).contains("nested deeper than 64"));
+        let far = format!(r#"[{{"data":{}}}]"#, nested(30_000));
+        assert!(error_of(&far).contains("event 0: `data` is nested deeper"));
+        // Brackets inside strings, escaped quotes included, are text.
+        let text = format!(r#"{{"data":{{"a":"{}\"{}"}}}}"#, "[".repeat(500), "{".repeat(500));
+        assert!(parse_body(text.as_bytes(), 3).is_ok());
     }
 
     #[test]
