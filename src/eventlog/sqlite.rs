@@ -107,6 +107,7 @@ pub(crate) struct Store {
     horizon: Option<EventId>,
     /// Locked while the store is open; the lock goes with the file.
     _lock: File,
+    health: Arc<Health>,
 }
 
 /// How long a statement waits for a lock the syncer holds.
@@ -256,6 +257,7 @@ impl Store {
             path,
             horizon: None,
             _lock: lock,
+            health: Arc::default(),
         };
         let floor = store.floor(new_floor)?;
         let horizon = store.read_horizon()?;
@@ -501,6 +503,42 @@ impl Store {
         evicted: &[EventId],
         remembered: &[&(String, Remembered)],
     ) -> Result<(), StoreError> {
+        let result = self.transact(events, revocations, evicted, remembered);
+        match &result {
+            Ok(()) => self.health.wrote(),
+            Err(error) => self.health.failed(error),
+        }
+        result
+    }
+
+    /// Whether a write goes through now: a failing store writes (and then
+    /// deletes) [`PROBE_BYTES`], more than a publish of the default
+    /// `MAX_BODY_BYTES` takes, so a disk with a little room is not taken
+    /// for one with enough.
+    fn probe(&mut self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let result = self
+            .connection
+            .execute_batch(&format!(
+                "CREATE TABLE IF NOT EXISTS probe (x BLOB);
+                 INSERT INTO probe (x) VALUES (zeroblob({PROBE_BYTES}));
+                 DELETE FROM probe;"
+            ))
+            .map_err(|e| failed(&path, &e));
+        match &result {
+            Ok(()) => self.health.wrote(),
+            Err(error) => self.health.failed(error),
+        }
+        result
+    }
+
+    fn transact(
+        &mut self,
+        events: &[&Stamped],
+        revocations: &[(String, u64)],
+        evicted: &[EventId],
+        remembered: &[&(String, Remembered)],
+    ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let fail = |e: rusqlite::Error| failed(&path, &e);
         let transaction = self.connection.transaction().map_err(fail)?;
@@ -608,6 +646,52 @@ type Reply = oneshot::Sender<Result<(), StoreError>>;
 #[derive(Clone)]
 pub(crate) struct Writer {
     commands: mpsc::Sender<Command>,
+}
+
+/// Whether the store can write, shared by whoever commits and `/healthz`,
+/// and the rate limit of the log lines its failures write.
+#[derive(Default)]
+pub(crate) struct Health {
+    failing: AtomicBool,
+    /// When a failure was last logged (Unix ms), and how many since were not.
+    logged_at_ms: std::sync::atomic::AtomicU64,
+    unlogged: std::sync::atomic::AtomicU64,
+}
+
+/// What a failing store's health probe writes.
+const PROBE_BYTES: usize = 256 * 1024;
+
+/// A failing store logs at most one line per this many milliseconds.
+const FAILURE_LOG_INTERVAL_MS: u64 = 10_000;
+
+impl Health {
+    fn failed(&self, error: &StoreError) {
+        let first = !self.failing.swap(true, Ordering::AcqRel);
+        let now = crate::clock::unix_now_ms();
+        let last = self.logged_at_ms.load(Ordering::Acquire);
+        if first || now.saturating_sub(last) >= FAILURE_LOG_INTERVAL_MS {
+            self.logged_at_ms.store(now, Ordering::Release);
+            let unlogged = self.unlogged.swap(0, Ordering::AcqRel);
+            if unlogged > 0 {
+                log::error!("store: {error} ({unlogged} more failed writes since the last line)");
+            } else {
+                log::error!("store: {error}");
+            }
+        } else {
+            self.unlogged.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn wrote(&self) {
+        if self.failing.swap(false, Ordering::AcqRel) {
+            self.unlogged.store(0, Ordering::Release);
+            log::info!("store: writing again");
+        }
+    }
+
+    fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
 }
 
 /// What the writer and the syncer tell each other.
@@ -764,7 +848,7 @@ impl Store {
                     }
                 }
                 Err(error) => {
-                    log::error!("store: {error}");
+                    // Logged by the store, at most once per 10 s.
                     for (_, reply) in appends {
                         let _ = reply.send(Err(error.clone()));
                     }
@@ -902,10 +986,7 @@ impl Inline {
                 self.state.written.store(true, Ordering::Release);
                 Ok(())
             }
-            Err(error) => {
-                log::error!("store: {error}");
-                Err(error)
-            }
+            Err(error) => Err(error),
         }
     }
 
@@ -949,6 +1030,7 @@ enum Committer {
 pub(crate) struct SqliteLog {
     sequencer: Arc<Sequencer>,
     committer: Committer,
+    health: Arc<Health>,
 }
 
 impl SqliteLog {
@@ -961,6 +1043,7 @@ impl SqliteLog {
         durability: Durability,
         sync_interval: Duration,
     ) -> std::io::Result<Self> {
+        let health = store.health.clone();
         let committer = match durability {
             Durability::Process => {
                 let state = Arc::new(SyncState::default());
@@ -1001,6 +1084,7 @@ impl SqliteLog {
         Ok(Self {
             sequencer,
             committer,
+            health,
         })
     }
 
@@ -1085,8 +1169,21 @@ impl SqliteLog {
         }
     }
 
+    /// `Ok` unless the last write failed. A failing store tries a write
+    /// (`process`: at once; `disk`: the writer's next commit decides), so
+    /// a disk that has room again is healthy again without a restart.
     pub(crate) fn healthy(&self) -> Result<(), LogError> {
-        Ok(())
+        if !self.health.is_failing() {
+            return Ok(());
+        }
+        if let Committer::Inline { store, .. } = &self.committer {
+            if lock(store).store.probe().is_ok() {
+                return Ok(());
+            }
+        }
+        Err(LogError::NotWritten(
+            "the disk store cannot write (is its disk full?)".into(),
+        ))
     }
 }
 

@@ -42,14 +42,13 @@ impl From<LogError> for ApiError {
                 Self::Unavailable("the event store is unreachable; try again".into())
             }
             LogError::Stopped => Self::Unavailable("the server is shutting down".into()),
-            LogError::NotWritten(why) => {
-                log::error!("event store: {why}");
-                Self::Unavailable(
-                    "the event store could not write the event (is its disk full?); \
+            // The store logged it (at most once per 10 s): a full disk
+            // must not flood the log with a line per refused publish.
+            LogError::NotWritten(_) => Self::Unavailable(
+                "the event store could not write the event (is its disk full?); \
                      it was not accepted"
-                        .into(),
-                )
-            }
+                    .into(),
+            ),
             LogError::Encoding(why) => Self::Internal(why),
         }
     }

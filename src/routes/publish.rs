@@ -297,7 +297,11 @@ mod tests {
         let far = format!(r#"[{{"data":{}}}]"#, nested(30_000));
         assert!(error_of(&far).contains("event 0: `data` is nested deeper"));
         // Brackets inside strings, escaped quotes included, are text.
-        let text = format!(r#"{{"data":{{"a":"{}\"{}"}}}}"#, "[".repeat(500), "{".repeat(500));
+        let text = format!(
+            r#"{{"data":{{"a":"{}\"{}"}}}}"#,
+            "[".repeat(500),
+            "{".repeat(500)
+        );
         assert!(parse_body(text.as_bytes(), 3).is_ok());
     }
 

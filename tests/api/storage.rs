@@ -247,10 +247,11 @@ async fn a_damaged_store_stops_start_up_with_a_clear_message() {
 #[actix_web::test]
 async fn a_full_disk_answers_503_and_open_streams_stay_open() {
     // A file-size limit stands in for a full disk: writes past it fail.
+    // Only the soft limit: lifting it later stands for freeing space.
     const LIMIT: u64 = 2 << 20;
     let herald = Herald::launch(
         &[("JWT_SECRET", SECRET), ("HEARTBEAT_INTERVAL", "0.3")],
-        &["prlimit", &format!("--fsize={LIMIT}")],
+        &["prlimit", &format!("--fsize={LIMIT}:unlimited")],
     );
     let request = client()
         .get(herald.url("/api/events"))
@@ -275,10 +276,52 @@ async fn a_full_disk_answers_503_and_open_streams_stay_open() {
     let refused = refused.expect("publishing fails once the file cannot grow");
     assert_eq!(refused.status, 503, "{refused}");
     assert_eq!(refused.json()["error"], "unavailable");
+    let health = Answer::of(client().get(herald.url("/healthz")).send()).await;
+    assert_eq!(
+        health.status, 503,
+        "a node that cannot store is not healthy: {health}"
+    );
+    assert_eq!(health.json()["status"], "unavailable");
+
+    // More refusals do not flood the log: one line per 10 s at most.
+    for n in 0..20 {
+        let answer = herald
+            .publish(
+                &admin_token(),
+                &json!({"user": "bob", "data": {"again": n, "pad": pad}}),
+            )
+            .await;
+        assert_eq!(answer.status, 503, "{answer}");
+    }
+    let log = herald.log();
+    let errors = log.lines().filter(|line| line.contains("ERROR")).count();
+    assert!(
+        errors <= 2,
+        "{errors} error lines for 21 refused publishes:\n{log}"
+    );
 
     stream.wait_for_heartbeats(2).await;
     let stats = herald.stats().await;
     assert_eq!(stats["connections"], 1, "the stream is still open");
+
+    // Room again (the limit lifted, as freeing disk space would): healthy
+    // and publishing without a restart.
+    let lifted = std::process::Command::new("prlimit")
+        .args(["--pid", &herald.pid().to_string(), "--fsize=unlimited"])
+        .status()
+        .expect("prlimit runs");
+    assert!(lifted.success());
+    let health = Answer::of(client().get(herald.url("/healthz")).send()).await;
+    assert_eq!(health.status, 200, "{health}");
+    let answer = herald
+        .publish(&admin_token(), &json!({"user": "bob", "event": "back"}))
+        .await;
+    assert_eq!(answer.status, 202, "{answer}");
+    assert!(
+        herald.log().contains("store: writing again"),
+        "{}",
+        herald.log()
+    );
     assert!(!herald.log().contains("panicked"), "{}", herald.log());
 }
 

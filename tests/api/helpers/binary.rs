@@ -85,6 +85,11 @@ impl Herald {
         }
     }
 
+    /// The process id (the program itself when a wrapper exec'd it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}://127.0.0.1:{}{}", self.scheme, self.port, path)
     }
