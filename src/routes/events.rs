@@ -143,7 +143,15 @@ pub(super) async fn subscribe(
                 state.metrics.clone(),
                 Box::new(registration),
             );
-            Ok(sse_response().streaming(body))
+            let mut response = sse_response().streaming(body);
+            if req.version() == actix_web::http::Version::HTTP_10 {
+                // HTTP/1.0 has no chunked encoding: the body runs until the
+                // connection closes, as a 1.0 client reads it.
+                let head = response.head_mut();
+                head.no_chunking(true);
+                head.set_connection_type(actix_web::http::ConnectionType::Close);
+            }
+            Ok(response)
         }
         Err(ConnectError::TooManyConnections(message)) => {
             if let Some(spent) = spent {

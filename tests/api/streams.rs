@@ -349,3 +349,58 @@ async fn only_allowed_origins_get_cors_headers_with_credentials() {
     );
     assert_eq!(stream.next().await.event, "connected");
 }
+
+/// Reads from `socket` into `buffer` until it holds `text`.
+async fn read_until(socket: &mut tokio::net::TcpStream, buffer: &mut Vec<u8>, text: &str) {
+    use tokio::io::AsyncReadExt;
+    actix_web::rt::time::timeout(TIMEOUT, async {
+        while !String::from_utf8_lossy(buffer).contains(text) {
+            assert_ne!(socket.read_buf(buffer).await.unwrap(), 0, "closed early");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{text:?} never came: {}", String::from_utf8_lossy(buffer)));
+}
+
+/// HTTP/1.0 has no chunked encoding: the stream's body must come as plain
+/// bytes until the connection closes, with no chunk-size lines among the
+/// events.
+#[actix_web::test]
+async fn an_http_1_0_client_gets_a_body_without_chunk_framing() {
+    use tokio::io::AsyncWriteExt;
+    let server = spawn(&[]).await;
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /api/events HTTP/1.0\r\nAuthorization: Bearer {}\r\n\r\n",
+        user_token("alice", &[])
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut buffer = Vec::new();
+    read_until(&mut socket, &mut buffer, "event: connected").await;
+    server
+        .publish(&admin_token(), &json!({"user": "alice", "event": "hello"}))
+        .await;
+    read_until(&mut socket, &mut buffer, "event: hello").await;
+    let text = String::from_utf8_lossy(&buffer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head}"
+    );
+    assert!(
+        body.starts_with("retry:"),
+        "the body starts with the events: {body:?}"
+    );
+    for line in body.lines() {
+        assert!(
+            line.is_empty() || line.starts_with(':') || line.contains(':'),
+            "a chunk-size line in the event stream: {line:?} in {body:?}"
+        );
+    }
+}
