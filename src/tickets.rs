@@ -8,7 +8,7 @@
 //! node tickets live in memory; with Redis they live there (`SET … EX`, spent
 //! with `GETDEL`), so a ticket bought on one node opens a stream on any.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -22,14 +22,18 @@ use crate::domain::{ChannelPattern, UserId};
 const TICKET_BYTES: usize = 32;
 /// How long a Redis command for a ticket may take.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
-/// Tickets held in memory before expired ones are swept out.
-const SWEEP_AT: usize = 1024;
+/// Unused tickets one user may hold at once. A page buys one per stream it
+/// opens, and each lasts `TICKET_TTL_SECS` (30 s by default): far more than
+/// any page needs, and a bound on what a user buying in a loop can hold.
+pub(crate) const MAX_TICKETS_PER_USER: usize = 100;
 
 /// Why a ticket could not be bought or spent.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum TicketError {
     /// Unknown, already used, expired, or forged.
     Invalid,
+    /// The user holds [`MAX_TICKETS_PER_USER`] unused tickets already.
+    TooMany,
     /// The shared store is unreachable.
     Unavailable(String),
 }
@@ -84,10 +88,59 @@ impl Bearer {
     }
 }
 
+/// One node's tickets.
+#[derive(Default)]
+pub(crate) struct Held {
+    /// Ticket → (who, until when).
+    tickets: HashMap<String, (Identity, Instant)>,
+    /// (until when, ticket) in the order issued, which is the order they
+    /// expire in (all last the same TTL): swept from the front, so an issue
+    /// never scans the whole map. An entry whose ticket was spent is skipped.
+    expiries: VecDeque<(Instant, String)>,
+    /// Unused tickets per user.
+    per_user: HashMap<UserId, usize>,
+}
+
+impl Held {
+    /// Drops the tickets expired by `now`, oldest first.
+    fn sweep(&mut self, now: Instant) {
+        while let Some((until, _)) = self.expiries.front() {
+            if *until > now {
+                break;
+            }
+            let Some((_, ticket)) = self.expiries.pop_front() else {
+                break;
+            };
+            if let Some((_, until)) = self.tickets.get(&ticket) {
+                if *until <= now {
+                    self.forget(&ticket);
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, ticket: String, identity: Identity, until: Instant) {
+        *self.per_user.entry(identity.user.clone()).or_default() += 1;
+        self.expiries.push_back((until, ticket.clone()));
+        self.tickets.insert(ticket, (identity, until));
+    }
+
+    fn forget(&mut self, ticket: &str) -> Option<(Identity, Instant)> {
+        let (identity, until) = self.tickets.remove(ticket)?;
+        if let Some(count) = self.per_user.get_mut(&identity.user) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_user.remove(&identity.user);
+            }
+        }
+        Some((identity, until))
+    }
+}
+
 /// Where tickets are kept.
 pub(crate) enum Tickets {
-    /// One node: ticket → (who, until when).
-    Memory(Mutex<HashMap<String, (Identity, Instant)>>),
+    /// One node: in memory.
+    Memory(Mutex<Held>),
     /// Many nodes: `<prefix>:ticket:<ticket>` keys in Redis.
     Redis {
         connection: ConnectionManager,
@@ -111,7 +164,7 @@ fn well_formed(ticket: &str) -> bool {
 
 impl Tickets {
     pub(crate) fn in_memory() -> Self {
-        Self::Memory(Mutex::new(HashMap::new()))
+        Self::Memory(Mutex::new(Held::default()))
     }
 
     pub(crate) fn in_redis(connection: ConnectionManager, prefix: &str) -> Self {
@@ -129,29 +182,32 @@ impl Tickets {
     ) -> Result<String, TicketError> {
         let ticket = new_ticket()?;
         match self {
-            Self::Memory(tickets) => {
-                let mut tickets = tickets.lock().unwrap_or_else(|p| p.into_inner());
-                if tickets.len() >= SWEEP_AT {
-                    let now = Instant::now();
-                    tickets.retain(|_, (_, until)| *until > now);
+            Self::Memory(held) => {
+                let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                held.sweep(now);
+                if held.per_user.get(&identity.user).copied().unwrap_or(0) >= MAX_TICKETS_PER_USER {
+                    return Err(TicketError::TooMany);
                 }
-                tickets.insert(ticket.clone(), (identity.clone(), Instant::now() + ttl));
+                held.insert(ticket.clone(), identity.clone(), now + ttl);
             }
             Self::Redis { connection, prefix } => {
                 let value = serde_json::to_string(&Bearer::of(identity))
                     .map_err(|e| TicketError::Unavailable(e.to_string()))?;
-                let mut connection = connection.clone();
-                let mut command = redis::cmd("SET");
+                let mut command = redis::cmd("EVAL");
                 command
+                    .arg(ISSUE_SCRIPT)
+                    .arg(2)
                     .arg(format!("{prefix}:ticket:{ticket}"))
+                    .arg(user_tickets_key(prefix, &identity.user))
                     .arg(value)
-                    .arg("EX")
-                    .arg(ttl.as_secs().max(1));
-                let sent = command.query_async::<()>(&mut connection);
-                match tokio::time::timeout(REDIS_TIMEOUT, sent).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(TicketError::Unavailable(e.to_string())),
-                    Err(_) => return Err(TicketError::Unavailable("Redis timed out".into())),
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .arg(crate::clock::unix_now_ms())
+                    .arg(MAX_TICKETS_PER_USER)
+                    .arg(&ticket);
+                let issued: i64 = in_time(connection, command).await?;
+                if issued == 0 {
+                    return Err(TicketError::TooMany);
                 }
             }
         }
@@ -166,9 +222,9 @@ impl Tickets {
             return Err(TicketError::Invalid);
         }
         match self {
-            Self::Memory(tickets) => {
-                let tickets = tickets.lock().unwrap_or_else(|p| p.into_inner());
-                match tickets.get(ticket) {
+            Self::Memory(held) => {
+                let held = held.lock().unwrap_or_else(|p| p.into_inner());
+                match held.tickets.get(ticket) {
                     Some((identity, until)) if *until > Instant::now() => Ok(Identity {
                         source: TokenSource::Ticket,
                         ..identity.clone()
@@ -195,9 +251,9 @@ impl Tickets {
             return Err(TicketError::Invalid);
         }
         match self {
-            Self::Memory(tickets) => {
-                let mut tickets = tickets.lock().unwrap_or_else(|p| p.into_inner());
-                match tickets.remove(ticket) {
+            Self::Memory(held) => {
+                let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+                match held.forget(ticket) {
                     Some((identity, until)) if until > Instant::now() => Ok(Spent {
                         ticket: ticket.to_owned(),
                         identity: Identity {
@@ -235,9 +291,9 @@ impl Tickets {
     /// failure to put it back is only logged: the client buys a new one.
     pub(crate) async fn give_back(&self, spent: Spent) {
         match self {
-            Self::Memory(tickets) => {
-                let mut tickets = tickets.lock().unwrap_or_else(|p| p.into_inner());
-                tickets.insert(spent.ticket, (spent.identity, Instant::now() + spent.left));
+            Self::Memory(held) => {
+                let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+                held.insert(spent.ticket, spent.identity, Instant::now() + spent.left);
             }
             Self::Redis { connection, prefix } => {
                 let Ok(value) = serde_json::to_string(&Bearer::of(&spent.identity)) else {
@@ -264,6 +320,25 @@ pub(crate) struct Spent {
     pub identity: Identity,
     left: Duration,
 }
+
+/// The sorted set of a user's unused tickets in Redis (ticket → expiry ms).
+fn user_tickets_key(prefix: &str, user: &UserId) -> String {
+    format!("{prefix}:tickets:{}", user.as_str())
+}
+
+/// Issues a ticket unless its user holds `ARGV[4]` unused ones already:
+/// KEYS: the ticket, the user's set. ARGV: the bearer, TTL ms, now ms, the
+/// cap, the ticket. Answers 1 when issued, 0 when the cap was reached. The
+/// set forgets expired tickets first, and expires with the last of them.
+const ISSUE_SCRIPT: &str = r"
+local ttl, now, cap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) >= cap then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ttl)
+return 1
+";
 
 /// Reads a ticket, its milliseconds left, and deletes it, atomically.
 const SPEND_SCRIPT: &str = r"
@@ -355,6 +430,50 @@ mod tests {
                 Err(TicketError::Invalid)
             ));
         }
+    }
+
+    #[actix_web::test]
+    async fn a_user_holds_at_most_the_cap_and_spending_or_expiry_frees_room() {
+        let tickets = Tickets::in_memory();
+        let ttl = Duration::from_secs(30);
+        let mut bought = Vec::new();
+        for _ in 0..MAX_TICKETS_PER_USER {
+            bought.push(tickets.issue(&alice(), ttl).await.unwrap());
+        }
+        assert_eq!(
+            tickets.issue(&alice(), ttl).await,
+            Err(TicketError::TooMany)
+        );
+        let bob = Identity {
+            user: UserId::parse("bob").unwrap(),
+            ..alice()
+        };
+        assert!(
+            tickets.issue(&bob, ttl).await.is_ok(),
+            "the cap is per user"
+        );
+        tickets.redeem(&bought[0]).await.unwrap();
+        assert!(
+            tickets.issue(&alice(), ttl).await.is_ok(),
+            "a spent one frees room"
+        );
+
+        // Expired tickets leave without a scan: the sweep stops at the first
+        // live one.
+        let short = Tickets::in_memory();
+        for _ in 0..MAX_TICKETS_PER_USER {
+            short.issue(&alice(), Duration::ZERO).await.unwrap();
+        }
+        assert!(
+            short.issue(&alice(), ttl).await.is_ok(),
+            "expired ones do not count"
+        );
+        let Tickets::Memory(held) = &short else {
+            unreachable!()
+        };
+        let held = held.lock().unwrap();
+        assert_eq!((held.tickets.len(), held.expiries.len()), (1, 1));
+        assert_eq!(held.per_user.get(&alice().user), Some(&1));
     }
 
     #[test]

@@ -14,6 +14,11 @@ impl From<TicketError> for ApiError {
             TicketError::Invalid => Self::InvalidToken(
                 "the ticket is unknown, already used, or expired; buy a new one".into(),
             ),
+            TicketError::TooMany => Self::TooManyConnections(format!(
+                "this user holds {} unused tickets already; open streams with them, \
+                 or wait for them to expire",
+                crate::tickets::MAX_TICKETS_PER_USER
+            )),
             TicketError::Unavailable(why) => {
                 log::warn!("tickets: {why}");
                 Self::Unavailable("tickets cannot be issued or checked now; try again".into())

@@ -175,7 +175,44 @@ async fn a_ticket_bought_on_one_node_opens_a_stream_on_another_once() {
     assert_eq!(open_with_ticket(&b, &ticket, "").await.status, 401);
 }
 
-/// `POST /api/revoke` as admin with `body`.
+/// Buys tickets for alice until refused; answers how many were sold and
+/// the refusal.
+async fn buy_until_refused(server: &TestServer) -> (usize, Answer) {
+    let token = user_token("alice", &[]);
+    for sold in 0..1000 {
+        let answer = buy_ticket(server, &token).await;
+        if answer.status != 201 {
+            return (sold, answer);
+        }
+    }
+    panic!("1000 tickets sold to one user");
+}
+
+#[actix_web::test]
+async fn one_user_holds_at_most_100_unused_tickets_on_one_node_and_on_redis() {
+    let server = spawn(&[]).await;
+    let (sold, refused) = buy_until_refused(&server).await;
+    assert_eq!(sold, 100);
+    assert_eq!(refused.status, 429, "{refused}");
+    assert_eq!(refused.json()["error"], "too_many_connections");
+    assert_eq!(
+        buy_ticket(&server, &user_token("bob", &[])).await.status,
+        201,
+        "another user is not held back"
+    );
+
+    let Some(redis) = crate::helpers::redis::Redis::start() else {
+        return;
+    };
+    let (a, b) = (redis.node(&[]).await, redis.node(&[]).await);
+    let (sold, refused) = buy_until_refused(&a).await;
+    assert_eq!(sold, 100);
+    assert_eq!(refused.status, 429, "{refused}");
+    let on_b = buy_ticket(&b, &user_token("alice", &[])).await;
+    assert_eq!(on_b.status, 429, "the cap is cluster-wide: {on_b}");
+}
+
+/// `POST /api/revoke` as admin with `body`./// `POST /api/revoke` as admin with `body`.
 async fn revoke(server: &TestServer, body: serde_json::Value) -> Answer {
     server
         .publish_to("/api/revoke", &admin_token(), &body)
