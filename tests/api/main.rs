@@ -10,6 +10,7 @@ mod js_client;
 mod lifecycle;
 mod limits;
 mod process;
+mod protocol;
 mod proxy;
 mod publish;
 mod resume;
