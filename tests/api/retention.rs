@@ -247,7 +247,14 @@ async fn a_batch_to_several_targets_is_retained_once_for_each_reader() {
     server
         .send(json!({"users": ["alice", "bob"], "channel": "news", "event": "shared"}))
         .await;
-    let stats = server.stats().await;
+    // The 202 comes once the event is in the log; the Broadcaster keeps
+    // it in history a moment later, on its own thread.
+    let deadline = Instant::now() + TIMEOUT;
+    let mut stats = server.stats().await;
+    while stats["history_len"] != 2 && Instant::now() < deadline {
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
+        stats = server.stats().await;
+    }
     assert_eq!(stats["history_len"], 2, "stored once, listed three times");
 
     let alice = user_token("alice", &["news"]);
