@@ -120,6 +120,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// How the kernel schedules Herald's threads (`SCHEDULING`).
     pub scheduling: Scheduling,
+    /// How log lines are written (`LOG_FORMAT`).
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// The kernel scheduling policy of Herald's threads (`SCHEDULING`).
@@ -399,6 +401,8 @@ impl Config {
                 DEFAULT_SYNC_INTERVAL_MS as usize,
             )? as u64),
             scheduling,
+            log_format: crate::logging::LogFormat::parse(get("LOG_FORMAT").as_deref())
+                .map_err(ConfigError)?,
             cors_allowed_origins: get("CORS_ALLOWED_ORIGINS")
                 .map(|raw| {
                     raw.split(',')

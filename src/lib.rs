@@ -26,6 +26,7 @@
 //!   Broadcaster.
 //! - [`routes`]: the HTTP endpoints.
 //! - [`metrics`]: counters, `/api/stats` and `/metrics`.
+//! - [`logging`]: the log's format (`LOG_FORMAT`: plain text or JSON lines).
 //! - [`revocations`]: revoked users and tokens, checked on every request.
 //! - [`tickets`]: single-use stream tickets, so no token need be in a URL.
 //! - [`tls`]: the HTTPS certificate and key, and their reload on `SIGHUP`.
@@ -59,6 +60,7 @@ mod domain;
 mod error;
 mod eventlog;
 mod jwks;
+pub mod logging;
 mod metrics;
 mod notifier;
 mod revocations;

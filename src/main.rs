@@ -4,12 +4,20 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use herald::cli::{Cli, Command};
+use herald::logging::{self, LogFormat};
 use herald::{raise_open_file_limit, Application, Config, Scheduling, Verifier};
 
 fn main() -> ExitCode {
     // A missing .env is the normal case; a broken one is reported by the settings it lacks.
     let _ = dotenvy::dotenv();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let format = match LogFormat::parse(std::env::var("LOG_FORMAT").ok().as_deref()) {
+        Ok(format) => format,
+        Err(message) => {
+            eprintln!("herald: cannot start: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    logging::init(format);
     let result = match Cli::parse().command {
         None | Some(Command::Serve) => serve(),
         Some(Command::Token {

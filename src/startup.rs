@@ -27,6 +27,7 @@ use crate::eventlog::{
     self, new_epoch, EventLog, IdSource, LocalRefresh, RetentionLimits, Sequencer, SinkStopped,
     Store,
 };
+use crate::logging::{self, LogFormat};
 use crate::metrics::Metrics;
 use crate::notifier::Notifier;
 use crate::revocations::{Revocation, Revocations};
@@ -222,6 +223,20 @@ fn random_hex(bytes: usize) -> String {
 }
 
 /// Rewrites `token=...` in a URI for the access log.
+/// The access-log middleware, writing plain lines or the fields the JSON
+/// formatter takes apart; the request target redacted either way.
+fn access_logger(format: LogFormat) -> Logger {
+    match format {
+        LogFormat::Plain => Logger::new(logging::ACCESS_FORMAT_PLAIN)
+            .custom_request_replace("uri", |req| {
+                format!("{} {}", req.method(), redact_uri(req.uri()))
+            }),
+        LogFormat::Json => Logger::new(logging::ACCESS_FORMAT_JSON)
+            .custom_request_replace("method", |req| req.method().to_string())
+            .custom_request_replace("path", |req| redact_uri(req.uri())),
+    }
+}
+
 fn redact_uri(uri: &http::Uri) -> String {
     let Some(query) = uri.query() else {
         return uri.path().to_owned();
@@ -441,8 +456,8 @@ impl Application {
         let per_worker = accept_limit.div_ceil(config.workers);
         let app_auth = auth.clone();
         let origins = config.cors_allowed_origins.clone();
-        let access_log =
-            log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info);
+        let access_log = log::log_enabled!(target: logging::ACCESS_TARGET, log::Level::Info);
+        let log_format = config.log_format;
         let app = move || {
             let cors = origins.iter().fold(
                 Cors::default()
@@ -460,13 +475,7 @@ impl Application {
                 .wrap(cors)
                 // Mounted only when its lines would be written: it formats every
                 // request and wraps every stream's body, which costs CPU and memory.
-                .wrap(Condition::new(
-                    access_log,
-                    Logger::new("%{r}a \"%{uri}xi\" %s %b %Dms")
-                        .custom_request_replace("uri", |req| {
-                            format!("{} {}", req.method(), redact_uri(req.uri()))
-                        }),
-                ))
+                .wrap(Condition::new(access_log, access_logger(log_format)))
                 .configure(routes::configure)
                 .into_factory()
                 .map_err(|error: actix_web::Error| error.error_response())

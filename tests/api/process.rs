@@ -122,7 +122,45 @@ async fn without_a_secret_the_server_starts_and_logs_a_working_admin_token() {
 
 #[actix_web::test]
 async fn access_logs_never_contain_a_token() {
-    let herald = Herald::start(&[("JWT_SECRET", SECRET)]);
+    access_logs_redact_tokens_and_tickets("plain").await;
+}
+
+/// `LOG_FORMAT=json`: every line one JSON object with `ts`, `level`,
+/// `target` and `msg`; access lines with `method`, `path`, `status`,
+/// `duration_ms` and `peer`; tokens and tickets redacted there too.
+#[actix_web::test]
+async fn json_logs_are_one_object_per_line_with_access_fields_and_no_token() {
+    let log = access_logs_redact_tokens_and_tickets("json").await;
+    let mut access = Vec::new();
+    for line in log.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        for field in ["ts", "level", "target", "msg"] {
+            assert!(value[field].is_string(), "{field} missing: {line}");
+        }
+        if value.get("method").is_some() {
+            access.push(value);
+        }
+    }
+    let stream = access
+        .iter()
+        .find(|line| line["path"] == "/api/events?token=[redacted]&x=1")
+        .unwrap_or_else(|| panic!("no access line for the stream:\n{log}"));
+    assert_eq!(stream["method"], "GET");
+    assert_eq!(stream["status"], 200);
+    assert!(stream["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert!(
+        stream["peer"].as_str().unwrap().starts_with("127.0.0.1"),
+        "{stream}"
+    );
+    let missing = access.iter().find(|line| line["status"] == 404).unwrap();
+    assert_eq!(missing["path"], "/nope?token=[redacted]");
+}
+
+/// Makes requests with a token and a ticket in the URL under `format`,
+/// waits for their access lines, checks neither reached the log; answers it.
+async fn access_logs_redact_tokens_and_tickets(format: &str) -> String {
+    let herald = Herald::start(&[("JWT_SECRET", SECRET), ("LOG_FORMAT", format)]);
     let token = user_token("alice", &[]);
     let mut stream =
         Sse::open(client().get(herald.url(&format!("/api/events?token={token}&x=1")))).await;
@@ -171,6 +209,7 @@ async fn access_logs_never_contain_a_token() {
         "a token or ticket reached the log:\n{}",
         herald.log()
     );
+    herald.log()
 }
 
 /// Seconds past the drain window after which the server cuts what is left

@@ -65,7 +65,9 @@ impl Herald {
                         .trim()
                         .split_once("://127.0.0.1:")
                         .expect("the address is logged as <scheme>://127.0.0.1:<port>");
-                    let _ = port_tx.send((scheme.to_owned(), port.parse::<u16>().unwrap()));
+                    // The digits only: a JSON log line goes on after them.
+                    let digits: String = port.chars().take_while(char::is_ascii_digit).collect();
+                    let _ = port_tx.send((scheme.to_owned(), digits.parse::<u16>().unwrap()));
                 }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
